@@ -1,0 +1,55 @@
+# coffer — see README.md. Every target installs what it needs (test/deps.sh) on Debian 12.
+GO      ?= go
+PYTHON  ?= /usr/bin/python3
+BIN     := bin/coffer
+FUZZTIME ?= 5s
+export PATH := $(PATH):/usr/local/go/bin
+
+# Fuzz targets run briefly by `make test` (package:target).
+FUZZ := \
+	./crypto/format:FuzzParseHeader \
+	./crypto/format:FuzzOpenBlock \
+	./crypto/format:FuzzOpenRange \
+	./crypto/format:FuzzOpenBox \
+	./crypto/format:FuzzParseID
+
+.PHONY: all build deps demo test check unit vectors fuzz bench clean
+
+all: build
+
+deps:
+	@test/deps.sh
+
+build:
+	$(GO) build -o $(BIN) ./cmd/coffer
+
+demo: deps build
+	@test/demo.sh
+
+test: deps check unit vectors fuzz
+	@echo "make test: all checks passed"
+
+check:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+unit:
+	$(GO) test -count=1 -timeout 40m ./...
+
+vectors:
+	$(PYTHON) test/format/decode.py
+
+fuzz:
+	@set -e; log=$$(mktemp); for t in $(FUZZ); do \
+		pkg=$${t%%:*}; name=$${t##*:}; \
+		echo "fuzz $$pkg $$name ($(FUZZTIME))"; \
+		$(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) $$pkg >$$log 2>&1 || \
+			{ cat $$log; rm -f $$log; exit 1; }; \
+	done; rm -f $$log
+
+bench: deps
+	$(GO) test -run '^$$' -bench . -benchtime 1s ./crypto/... ./keys/... ./fs/meta/...
+
+clean:
+	rm -rf bin .demo
