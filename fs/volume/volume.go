@@ -1,0 +1,327 @@
+// Package volume ties one coffer volume together: its catalog (fs/meta), its KEK provider
+// (keys/hsm or keys/passphrase) and its object store (remote). It creates volumes (`coffer
+// init`) and opens them for the commands and the filesystem that work on one.
+package volume
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	"coffer/crypto/format"
+	"coffer/fs/meta"
+	"coffer/keys"
+	"coffer/keys/hsm"
+	"coffer/keys/passphrase"
+	"coffer/remote"
+)
+
+// MarkerName is the remote object that says "this remote holds a coffer volume". It holds
+// no secret: the volume id, the format version and the creation time.
+const MarkerName = "coffer-volume"
+
+// DefaultHSMModule is SoftHSM2's module on Debian, the embedded default.
+const DefaultHSMModule = "/usr/lib/softhsm/libsofthsm2.so"
+
+// Config is what `coffer init` asks for.
+type Config struct {
+	StateDir    string // where the catalog lives (created 0700)
+	Remote      string // rclone remote string; refused if it carries credentials
+	Provider    string // meta.ProviderPKCS11 or meta.ProviderPassphrase
+	HSMModule   string // pkcs11: module path
+	HSMToken    string // pkcs11: token label
+	Secret      []byte // the PIN or passphrase; read, never kept, never stored
+	KeyMode     keys.Mode
+	Layout      format.Layout
+	PerUserKEKs bool
+	KDFCost     passphrase.Cost // passphrase: zero means passphrase.DefaultCost
+	Logger      *slog.Logger
+}
+
+// Summary describes a volume as created or opened. It holds no secret.
+type Summary struct {
+	ID       [16]byte
+	Remote   string // redacted
+	Provider string
+	KeyMode  keys.Mode
+	KEK      keys.KEKRef // current volume KEK version
+	Layout   format.Layout
+}
+
+// IDString is the volume id as printed everywhere (hex).
+func (s Summary) IDString() string { return hex.EncodeToString(s.ID[:]) }
+
+// marker is the JSON body of MarkerName.
+type marker struct {
+	Coffer  string `json:"coffer_volume"`
+	Format  int    `json:"format"`
+	Created string `json:"created"`
+}
+
+func (c *Config) validate() error {
+	if c.StateDir == "" {
+		return errors.New("no state directory given (--state DIR)")
+	}
+	if c.Remote == "" {
+		return errors.New("no remote given (--remote REMOTE)")
+	}
+	if err := c.Layout.Validate(); err != nil {
+		return err
+	}
+	if _, err := keys.ParseMode(string(c.KeyMode)); err != nil {
+		return err
+	}
+	switch c.Provider {
+	case meta.ProviderPKCS11:
+		if c.HSMModule == "" || c.HSMToken == "" {
+			return errors.New("an HSM volume needs --hsm-module and --hsm-token")
+		}
+	case meta.ProviderPassphrase:
+	default:
+		return fmt.Errorf("unknown key provider %q", c.Provider)
+	}
+	if len(c.Secret) == 0 {
+		return errors.New("empty PIN or passphrase")
+	}
+	return nil
+}
+
+// Create makes a new volume: KEK version 1 in the provider, a self-test of the key path, the
+// catalog in StateDir and the marker on the remote. It refuses a state directory that
+// already holds a catalog and a remote that already holds a marker. On any failure it undoes
+// what it did (KEK destroyed, catalog removed, marker deleted): nothing is half-created.
+func Create(ctx context.Context, cfg Config) (sum Summary, err error) {
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	if err := cfg.validate(); err != nil {
+		return sum, err
+	}
+	if err := remote.CheckRemote(cfg.Remote); err != nil {
+		return sum, err
+	}
+	stateDir, err := filepath.Abs(cfg.StateDir)
+	if err != nil {
+		return sum, fmt.Errorf("state directory: %w", err)
+	}
+	if _, err := os.Lstat(filepath.Join(stateDir, meta.FileName)); err == nil {
+		return sum, fmt.Errorf("state directory %s already holds a volume (%s); choose another --state", stateDir, meta.FileName)
+	}
+
+	var undo []func()
+	defer func() {
+		if err != nil {
+			for i := len(undo) - 1; i >= 0; i-- {
+				undo[i]()
+			}
+		}
+	}()
+	// Folders this call creates are removed again on failure; existing ones are left alone.
+	undo = append(undo, removeIfCreated(stateDir))
+	if filepath.IsAbs(cfg.Remote) {
+		undo = append(undo, removeIfCreated(cfg.Remote))
+	}
+
+	// Log in first: a wrong PIN or a missing module must fail before anything is touched.
+	if _, err := rand.Read(sum.ID[:]); err != nil {
+		return sum, fmt.Errorf("random volume id: %w", err)
+	}
+	prov, kdfParams, err := newProvider(cfg, sum.ID)
+	if err != nil {
+		return sum, err
+	}
+	defer prov.Wipe()
+
+	store, err := remote.Open(ctx, cfg.Remote, remote.Options{Logger: log})
+	if err != nil {
+		return sum, err
+	}
+	defer store.Close(context.WithoutCancel(ctx))
+	if err := checkNoMarker(ctx, store); err != nil {
+		return sum, err
+	}
+
+	ref := keys.KEKRef{Chain: "", Version: 1}
+	material, err := prov.CreateKEK(ctx, ref)
+	if err != nil {
+		return sum, fmt.Errorf("create KEK %s: %w", ref, err)
+	}
+	undo = append(undo, func() {
+		if derr := prov.DestroyKEK(context.WithoutCancel(ctx), ref); derr != nil {
+			log.Error("init: could not destroy the KEK created before the failure", "kek", ref.String(), "err", derr)
+		}
+	})
+	if err := SelfTest(ctx, prov, cfg.KeyMode, ref, sum.ID); err != nil {
+		return sum, err
+	}
+
+	// The catalog is built in a private folder and renamed into place last, so a crash
+	// never leaves a catalog without its marker and KEK behind.
+	if err := os.MkdirAll(stateDir, 0o700); err != nil {
+		return sum, fmt.Errorf("create state directory: %w", err)
+	}
+	tmp, err := os.MkdirTemp(stateDir, ".init-")
+	if err != nil {
+		return sum, fmt.Errorf("create state directory: %w", err)
+	}
+	undo = append(undo, func() { os.RemoveAll(tmp) })
+
+	now := time.Now()
+	cat, err := meta.Create(ctx, tmp, meta.Volume{
+		ID: sum.ID, FormatVersion: format.Version,
+		BlockSize: int64(cfg.Layout.BlockSize), ChunkSize: cfg.Layout.ChunkSize,
+		Remote: remote.Redact(cfg.Remote), KeyMode: string(cfg.KeyMode), Provider: cfg.Provider,
+		HSMModule: cfg.HSMModule, HSMToken: cfg.HSMToken, PerUserKEKs: cfg.PerUserKEKs,
+		KDFParams: kdfParams, Created: now.UnixNano(),
+		RootMode: 0o755, RootUID: uint32(os.Getuid()), RootGID: uint32(os.Getgid()),
+	})
+	if err != nil {
+		return sum, fmt.Errorf("create catalog: %w", err)
+	}
+	closed := false
+	defer func() {
+		if !closed {
+			cat.Close()
+		}
+	}()
+	if _, err := cat.AddKEKVersion(ctx, meta.KEK{Chain: ref.Chain, Version: ref.Version, Material: material, Created: now.UnixNano()}, "init"); err != nil {
+		return sum, fmt.Errorf("record KEK %s: %w", ref, err)
+	}
+
+	body, _ := json.Marshal(marker{Coffer: hex.EncodeToString(sum.ID[:]), Format: format.Version, Created: now.UTC().Format(time.RFC3339)})
+	if err := store.Put(ctx, MarkerName, body); err != nil {
+		return sum, fmt.Errorf("write volume marker to %s: %w", store, err)
+	}
+	undo = append(undo, func() {
+		if derr := store.Delete(context.WithoutCancel(ctx), MarkerName); derr != nil {
+			log.Error("init: could not delete the volume marker written before the failure", "remote", store.String(), "err", derr)
+		}
+	})
+
+	if err := cat.Sync(ctx); err != nil {
+		return sum, fmt.Errorf("sync catalog: %w", err)
+	}
+	closed = true
+	if err := cat.Close(); err != nil {
+		return sum, fmt.Errorf("close catalog: %w", err)
+	}
+	if err := moveCatalog(tmp, stateDir); err != nil {
+		return sum, err
+	}
+	os.RemoveAll(tmp)
+
+	sum.Remote = remote.Redact(cfg.Remote)
+	sum.Provider = cfg.Provider
+	sum.KeyMode = cfg.KeyMode
+	sum.KEK = ref
+	sum.Layout = cfg.Layout
+	log.Info("volume created", "volume", sum.IDString(), "remote", sum.Remote, "provider", sum.Provider, "key_mode", string(sum.KeyMode))
+	return sum, nil
+}
+
+// newProvider opens the provider for a new volume; for a passphrase it also returns the KDF
+// parameters to store.
+func newProvider(cfg Config, id [16]byte) (keys.Provider, []byte, error) {
+	switch cfg.Provider {
+	case meta.ProviderPKCS11:
+		p, err := hsm.New(hsm.Config{Module: cfg.HSMModule, Token: cfg.HSMToken, PIN: cfg.Secret, Volume: id})
+		if err != nil {
+			return nil, nil, err
+		}
+		return p, nil, nil
+	case meta.ProviderPassphrase:
+		cost := cfg.KDFCost
+		if cost == (passphrase.Cost{}) {
+			cost = passphrase.DefaultCost
+		}
+		p, params, err := passphrase.Create(cfg.Secret, id, cost)
+		if err != nil {
+			return nil, nil, err
+		}
+		b, err := params.MarshalBinary()
+		if err != nil {
+			p.Wipe()
+			return nil, nil, fmt.Errorf("encode passphrase parameters: %w", err)
+		}
+		return p, b, nil
+	}
+	return nil, nil, fmt.Errorf("unknown key provider %q", cfg.Provider)
+}
+
+// removeIfCreated returns an undo step that removes dir if it does not exist now, i.e. if
+// whatever runs after this call creates it.
+func removeIfCreated(dir string) func() {
+	if _, err := os.Lstat(dir); err == nil {
+		return func() {}
+	}
+	return func() { os.RemoveAll(dir) }
+}
+
+// SelfTest makes a throwaway file key under ref and opens it again, so that a volume whose
+// key path does not round-trip is never created (DESIGN: "init checks that an unwrap of a
+// fresh wrap succeeds before it writes anything").
+func SelfTest(ctx context.Context, p keys.Provider, mode keys.Mode, ref keys.KEKRef, volume [16]byte) error {
+	id := keys.FileIdentity{Volume: volume}
+	if _, err := rand.Read(id.File[:]); err != nil {
+		return err
+	}
+	rec, dek, err := keys.NewFileKey(ctx, p, mode, ref, id)
+	if err != nil {
+		return fmt.Errorf("self-test: new %s-mode file key under KEK %s: %w", mode, ref, err)
+	}
+	defer dek.Wipe()
+	again, err := keys.OpenFileKey(ctx, p, rec, id)
+	if err != nil {
+		return fmt.Errorf("self-test: open a fresh %s-mode file key under KEK %s: %w", mode, ref, err)
+	}
+	defer again.Wipe()
+	if !bytes.Equal(dek.Bytes(), again.Bytes()) {
+		return fmt.Errorf("self-test: %s-mode file key under KEK %s did not round-trip", mode, ref)
+	}
+	return nil
+}
+
+func checkNoMarker(ctx context.Context, store remote.Store) error {
+	_, err := store.Stat(ctx, MarkerName)
+	switch {
+	case err == nil:
+		return fmt.Errorf("remote %s already holds a coffer volume (object %q); use an empty remote or prefix", store, MarkerName)
+	case errors.Is(err, remote.ErrNotFound):
+		return nil
+	default:
+		return fmt.Errorf("check remote %s: %w", store, err)
+	}
+}
+
+// moveCatalog renames the finished catalog into the state directory. After a clean Close
+// SQLite has folded the WAL back into the main file; any leftover journal files move too.
+func moveCatalog(from, to string) error {
+	for _, suffix := range []string{"-wal", "-shm"} {
+		if _, err := os.Lstat(filepath.Join(from, meta.FileName+suffix)); err == nil {
+			if err := os.Rename(filepath.Join(from, meta.FileName+suffix), filepath.Join(to, meta.FileName+suffix)); err != nil {
+				return fmt.Errorf("move catalog into place: %w", err)
+			}
+		}
+	}
+	if err := os.Rename(filepath.Join(from, meta.FileName), filepath.Join(to, meta.FileName)); err != nil {
+		return fmt.Errorf("move catalog into place: %w", err)
+	}
+	d, err := os.Open(to)
+	if err != nil {
+		return fmt.Errorf("sync state directory: %w", err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("sync state directory: %w", err)
+	}
+	return nil
+}
