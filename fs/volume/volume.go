@@ -24,6 +24,9 @@ import (
 	"coffer/remote"
 )
 
+// openStore is remote.Open; tests wrap it to inject faults.
+var openStore = remote.Open
+
 // MarkerName is the remote object that says "this remote holds a coffer volume". It holds
 // no secret: the volume id, the format version and the creation time.
 const MarkerName = "coffer-volume"
@@ -48,12 +51,12 @@ type Config struct {
 
 // Summary describes a volume as created or opened. It holds no secret.
 type Summary struct {
-	ID       [16]byte
-	Remote   string // redacted
-	Provider string
-	KeyMode  keys.Mode
-	KEK      keys.KEKRef // current volume KEK version
-	Layout   format.Layout
+	ID      [16]byte
+	Remote  string // redacted
+	Kind    string // meta.ProviderPKCS11 or meta.ProviderPassphrase
+	KeyMode keys.Mode
+	KEK     keys.KEKRef // current volume KEK version
+	Layout  format.Layout
 }
 
 // IDString is the volume id as printed everywhere (hex).
@@ -118,11 +121,15 @@ func Create(ctx context.Context, cfg Config) (sum Summary, err error) {
 	}
 
 	var undo []func()
+	var prov keys.Provider
 	defer func() {
 		if err != nil {
 			for i := len(undo) - 1; i >= 0; i-- {
 				undo[i]()
 			}
+		}
+		if prov != nil { // after the undo steps: destroying the KEK needs the provider
+			prov.Wipe()
 		}
 	}()
 	// Folders this call creates are removed again on failure; existing ones are left alone.
@@ -139,9 +146,8 @@ func Create(ctx context.Context, cfg Config) (sum Summary, err error) {
 	if err != nil {
 		return sum, err
 	}
-	defer prov.Wipe()
 
-	store, err := remote.Open(ctx, cfg.Remote, remote.Options{Logger: log})
+	store, err := openStore(ctx, cfg.Remote, remote.Options{Logger: log})
 	if err != nil {
 		return sum, err
 	}
@@ -220,11 +226,11 @@ func Create(ctx context.Context, cfg Config) (sum Summary, err error) {
 	os.RemoveAll(tmp)
 
 	sum.Remote = remote.Redact(cfg.Remote)
-	sum.Provider = cfg.Provider
+	sum.Kind = cfg.Provider
 	sum.KeyMode = cfg.KeyMode
 	sum.KEK = ref
 	sum.Layout = cfg.Layout
-	log.Info("volume created", "volume", sum.IDString(), "remote", sum.Remote, "provider", sum.Provider, "key_mode", string(sum.KeyMode))
+	log.Info("volume created", "volume", sum.IDString(), "remote", sum.Remote, "provider", sum.Kind, "key_mode", string(sum.KeyMode))
 	return sum, nil
 }
 
@@ -324,4 +330,135 @@ func moveCatalog(from, to string) error {
 		return fmt.Errorf("sync state directory: %w", err)
 	}
 	return nil
+}
+
+// Volume is an open volume: the catalog (open for writing: one owner at a time), the
+// provider with every live KEK version loaded, a keyring with a DEK cache, and the store.
+type Volume struct {
+	Summary
+	StateDir string
+	Catalog  *meta.Catalog
+	Provider keys.Provider
+	Keys     *keys.Keyring
+	Store    remote.Store
+	PerUser  bool
+}
+
+// OpenOptions tune Open.
+type OpenOptions struct {
+	Logger      *slog.Logger
+	DEKCacheTTL time.Duration // default 10 min
+	DEKCacheMax int           // default 10,000 keys
+	Remote      remote.Options
+	ReadOnly    bool // open the catalog read-only (status, fsck without repair)
+}
+
+// Open opens the volume in stateDir with the PIN or passphrase in secret (not kept). It
+// refuses a catalog that another process owns. Errors say what failed: a wrong PIN or
+// passphrase, a missing module or token, a missing KEK version, an unreachable remote.
+func Open(ctx context.Context, stateDir string, secret []byte, opt OpenOptions) (v *Volume, err error) {
+	log := opt.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	var cat *meta.Catalog
+	if opt.ReadOnly {
+		cat, err = meta.OpenReadOnly(ctx, stateDir)
+	} else {
+		cat, err = meta.Open(ctx, stateDir)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open volume in %s: %w", stateDir, err)
+	}
+	v = &Volume{StateDir: stateDir, Catalog: cat}
+	defer func() {
+		if err != nil {
+			v.Close(context.WithoutCancel(ctx))
+			v = nil
+		}
+	}()
+	mv, err := cat.Volume(ctx)
+	if err != nil {
+		return v, err
+	}
+	v.ID, v.Remote, v.Kind, v.KeyMode, v.PerUser = mv.ID, mv.Remote, mv.Provider, keys.Mode(mv.KeyMode), mv.PerUserKEKs
+	v.Layout = format.Layout{BlockSize: int(mv.BlockSize), ChunkSize: mv.ChunkSize}
+	if err := v.Layout.Validate(); err != nil {
+		return v, fmt.Errorf("catalog holds a bad layout: %w", err)
+	}
+	if len(secret) == 0 {
+		return v, errors.New("empty PIN or passphrase")
+	}
+	switch mv.Provider {
+	case meta.ProviderPKCS11:
+		p, err := hsm.New(hsm.Config{Module: mv.HSMModule, Token: mv.HSMToken, PIN: secret, Volume: mv.ID})
+		if err != nil {
+			return v, err
+		}
+		v.Provider = p
+	case meta.ProviderPassphrase:
+		var params passphrase.Params
+		if err := params.UnmarshalBinary(mv.KDFParams); err != nil {
+			return v, fmt.Errorf("catalog holds bad passphrase parameters: %w", err)
+		}
+		p, err := passphrase.Open(secret, mv.ID, params)
+		if err != nil {
+			return v, err
+		}
+		v.Provider = p
+	default:
+		return v, fmt.Errorf("catalog names an unknown key provider %q", mv.Provider)
+	}
+	keks, err := cat.ListKEKs(ctx)
+	if err != nil {
+		return v, err
+	}
+	for _, k := range keks {
+		if k.State == meta.KEKDestroyed {
+			continue
+		}
+		ref := keys.KEKRef{Chain: k.Chain, Version: k.Version}
+		if err := v.Provider.Load(ref, k.Material); err != nil {
+			return v, fmt.Errorf("load KEK %s: %w", ref, err)
+		}
+	}
+	cur, err := cat.CurrentKEK(ctx, "")
+	if err != nil {
+		return v, fmt.Errorf("current volume KEK: %w", err)
+	}
+	v.KEK = keys.KEKRef{Chain: cur.Chain, Version: cur.Version}
+	ttl, max := opt.DEKCacheTTL, opt.DEKCacheMax
+	if ttl <= 0 {
+		ttl = 10 * time.Minute
+	}
+	if max <= 0 {
+		max = 10000
+	}
+	v.Keys = keys.NewKeyring(v.Provider, mv.ID, keys.NewCache(ttl, max))
+	ropt := opt.Remote
+	if ropt.Logger == nil {
+		ropt.Logger = log
+	}
+	v.Store, err = remote.Open(ctx, mv.Remote, ropt)
+	if err != nil {
+		return v, err
+	}
+	return v, nil
+}
+
+// Close wipes every key (cache, provider sessions) and closes the store and the catalog.
+func (v *Volume) Close(ctx context.Context) error {
+	var errs []error
+	if v.Keys != nil {
+		errs = append(errs, v.Keys.Wipe())
+	} else if v.Provider != nil {
+		errs = append(errs, v.Provider.Wipe())
+	}
+	if v.Store != nil {
+		errs = append(errs, v.Store.Close(ctx))
+	}
+	if v.Catalog != nil {
+		errs = append(errs, v.Catalog.Close())
+	}
+	return errors.Join(errs...)
 }
