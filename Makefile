@@ -6,12 +6,7 @@ FUZZTIME ?= 5s
 export PATH := $(PATH):/usr/local/go/bin
 
 # Fuzz targets run briefly by `make test` (package:target).
-FUZZ := \
-	./crypto/format:FuzzParseHeader \
-	./crypto/format:FuzzOpenBlock \
-	./crypto/format:FuzzOpenRange \
-	./crypto/format:FuzzOpenBox \
-	./crypto/format:FuzzParseID
+FUZZ := $(addprefix ./crypto/format:,FuzzParseID FuzzHeader FuzzOpenBlock FuzzOpenRange FuzzOpenChunk FuzzOpenBox FuzzLayout)
 
 .PHONY: all build deps demo test check unit vectors fuzz bench clean
 
