@@ -3,7 +3,7 @@
 // unwrapped DEKs that can be wiped at once.
 //
 // The byte-level rules (associated data, derivation messages, record layout) are in
-// FORMAT-keys.md; this package is their reference implementation.
+// FORMAT.md section 9; this package is their reference implementation.
 package keys
 
 import (

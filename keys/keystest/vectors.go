@@ -2,7 +2,7 @@ package keystest
 
 import "encoding/hex"
 
-// KeyVector is the test vector of FORMAT-keys.md for wrap and derive: fixed KEK keys, ids,
+// KeyVector is the test vector of FORMAT.md section 9 for wrap and derive: fixed KEK keys, ids,
 // DEK, IV and salt, and the bytes every implementation (Go code, the HSM, an independent
 // decryptor) must produce. The expected values were computed with Python's
 // "cryptography" package, independently of coffer's code.

@@ -6,10 +6,10 @@
 // "material" the catalog stores. Unsealed KEKs live only in this process's memory. A wrong
 // passphrase is detected by the check value (ErrWrongPassphrase), before any material is
 // touched; a material that fails to open under the right passphrase is tampered
-// (ErrUnwrap). Byte layouts: FORMAT-keys.md.
+// (ErrUnwrap). Byte layouts: FORMAT.md section 9.
 //
 // Key bytes are plain heap slices zeroed with clear() on Wipe; Argon2id's 64 MiB work area
-// and Go's AES key schedules cannot be zeroed (see the package notes in FORMAT-keys.md).
+// and Go's AES key schedules cannot be zeroed (see the package notes in FORMAT.md section 9).
 package passphrase
 
 import (

@@ -52,7 +52,7 @@ func TestConformance(t *testing.T) {
 	})
 }
 
-// TestVector checks the passphrase vector of FORMAT-keys.md (computed independently with
+// TestVector checks the passphrase vector of FORMAT.md section 9 (computed independently with
 // Python's cryptography package) and that the provider's wrap/derive equal the key vector.
 func TestVector(t *testing.T) {
 	pv, v := keystest.Passphrase, keystest.Vector
