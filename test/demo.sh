@@ -23,17 +23,44 @@ echo "== coffer init (SoftHSM2 token 'coffer-demo', local-folder remote $demo/re
 "$bin" init --state "$demo/state" --remote "$demo/remote" \
 	--hsm-module /usr/lib/softhsm/libsofthsm2.so --hsm-token coffer-demo --hsm-pin-file "$demo/pin"
 
+mnt=$demo/mnt
+mkdir -p "$mnt"
 echo
-echo "== coffer status --state $demo/state"
-"$bin" status --state "$demo/state"
+echo "== coffer mount --state $demo/state $mnt"
+"$bin" mount --state "$demo/state" --hsm-pin-file "$demo/pin" "$mnt"
 
 echo
-echo "== what the remote holds (opaque objects only)"
-find "$demo/remote" -type f | sed "s|$demo/||"
+echo "== a legacy program writes and reads plain files"
+marker="coffer demo $(date +%s%N)"
+mkdir -p "$mnt/reports/2026"
+printf '%s\n' "$marker" >"$mnt/reports/2026/quarterly-results.txt"
+cp /etc/services "$mnt/services"
+ls -lR "$mnt"
+cat "$mnt/reports/2026/quarterly-results.txt"
+cmp /etc/services "$mnt/services" && echo "services: identical through the mount"
+sync "$mnt/services"
+
+echo
+echo "== coffer status $mnt"
+"$bin" status "$mnt"
+
+echo
+echo "== what the remote holds: opaque objects under random ids"
+"$bin" unmount "$mnt"
+find "$demo/remote" -type f | sed "s|$demo/||" | sort
+if grep -rqF "$marker" "$demo/remote" "$demo/state"; then
+	echo "FAIL: plaintext found on the remote or in the state folder" >&2
+	exit 1
+fi
+if find "$demo/remote" | grep -q -e quarterly -e reports -e services; then
+	echo "FAIL: a file name reached the remote" >&2
+	exit 1
+fi
+echo "no plaintext and no file name on the remote or in the state folder"
 
 echo
 echo "== coffer audit --state $demo/state"
 "$bin" audit --state "$demo/state"
 
 echo
-echo "Mounting is not built yet (issue 'Mount'): the demo stops after init."
+echo "Done. Remount with: SOFTHSM2_CONF=$demo/softhsm2.conf $bin mount --state $demo/state --hsm-pin-file $demo/pin $mnt"

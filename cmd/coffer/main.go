@@ -25,9 +25,11 @@ type command struct {
 }
 
 var commands = map[string]command{
-	"init":   {"init --state DIR [--remote REMOTE] [--hsm-module SO --hsm-token LABEL | --passphrase] [--key-mode wrap|derive] [--block-size N] [--chunk-size N]", cmdInit},
-	"status": {"status --state DIR [--json]", cmdStatus},
-	"audit":  {"audit --state DIR [--json] [--verify]", cmdAudit},
+	"init":    {"init --state DIR [--remote REMOTE] [--hsm-module SO --hsm-token LABEL | --passphrase] [--key-mode wrap|derive] [--block-size N] [--chunk-size N]", cmdInit},
+	"status":  {"status (MOUNTPOINT | --state DIR) [--json]", cmdStatus},
+	"mount":   {"mount --state DIR MOUNTPOINT [--foreground] [--allow-other] [--read-only] [--cache-size N] [--staging-cap N]", cmdMount},
+	"unmount": {"unmount MOUNTPOINT", cmdUnmount},
+	"audit":   {"audit --state DIR [--json] [--verify]", cmdAudit},
 }
 
 // cliEnv is what a subcommand may touch of the outside world; tests swap it.

@@ -6,9 +6,13 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"os"
+	"sort"
 	"time"
 
+	"coffer/fs/content"
 	"coffer/fs/meta"
+	"coffer/fs/volume"
 )
 
 // openStateReadOnly opens the catalog of --state for reading, alongside a running daemon.
@@ -60,8 +64,11 @@ func cmdStatus(ctx context.Context, env *cliEnv, args []string) error {
 	if err != nil {
 		return err
 	}
-	if len(pos) > 0 {
-		return usageError{"status of a mounted volume needs 'coffer mount' (not built yet); use --state DIR"}
+	if len(pos) > 1 || (len(pos) == 1) == (*state != "") {
+		return usageError{"give either MOUNTPOINT or --state DIR"}
+	}
+	if len(pos) == 1 {
+		return printMountStatus(ctx, env, pos[0], *asJSON)
 	}
 	cat, err := openStateReadOnly(ctx, *state)
 	if err != nil {
@@ -197,4 +204,62 @@ func orEmpty(s string) string {
 		return "{}"
 	}
 	return s
+}
+
+// mountStatus is what `coffer status MOUNTPOINT` shows: the daemon's live view.
+type mountStatus struct {
+	PID        int           `json:"pid"`
+	Mountpoint string        `json:"mountpoint"`
+	State      string        `json:"state_dir"`
+	Volume     string        `json:"volume"`
+	Remote     string        `json:"remote"`
+	Provider   string        `json:"provider"`
+	KeyMode    string        `json:"key_mode"`
+	KEK        string        `json:"kek"`
+	Locked     bool          `json:"locked"`
+	ReadOnly   bool          `json:"read_only"`
+	Data       content.Stats `json:"data"`
+}
+
+func daemonStatus(v *volume.Volume, data *content.Store, mc mountConfig) mountStatus {
+	return mountStatus{
+		PID: os.Getpid(), Mountpoint: mc.mountpoint, State: mc.state, Volume: hex.EncodeToString(v.ID[:]),
+		Remote: v.Remote, Provider: v.Kind, KeyMode: string(v.KeyMode), KEK: v.KEK.String(),
+		ReadOnly: mc.readOnly, Data: data.Stats(),
+	}
+}
+
+func printMountStatus(ctx context.Context, env *cliEnv, mountpoint string, asJSON bool) error {
+	r, err := ctlCall(ctx, mountpoint, "status", 30*time.Second)
+	if err != nil {
+		return err
+	}
+	if asJSON {
+		var v any
+		if err := json.Unmarshal(r.Status, &v); err != nil {
+			return err
+		}
+		enc := json.NewEncoder(env.stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(v)
+	}
+	var st map[string]any
+	if err := json.Unmarshal(r.Status, &st); err != nil {
+		return err
+	}
+	w := env.stdout
+	for _, k := range []string{"mountpoint", "pid", "state_dir", "volume", "remote", "provider", "key_mode", "kek", "locked", "read_only"} {
+		fmt.Fprintf(w, "%-11s %v\n", k+":", st[k])
+	}
+	if d, ok := st["data"].(map[string]any); ok {
+		keys := make([]string, 0, len(d))
+		for k := range d {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			fmt.Fprintf(w, "%-11s %s = %v\n", "data:", k, d[k])
+		}
+	}
+	return nil
 }

@@ -142,7 +142,9 @@ func (t *Tx) SetChunks(ino uint64, chs []Chunk, newSize, mtime int64) (_ []Chunk
 			size = newSize
 		}
 		if mtime != 0 {
-			mt, ct = mtime, mtime
+			// ctime never goes back: the mtime may be an old one set by utimens
+			// (tar x, cp -p) on a file whose upload commits later.
+			mt, ct = mtime, max(in.Ctime, mtime)
 		}
 		if _, err := t.exec("set chunk: update size", `UPDATE inodes SET size = ?, mtime_ns = ?, ctime_ns = ? WHERE ino = ?`,
 			size, mt, ct, int64(ino)); err != nil {

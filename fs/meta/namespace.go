@@ -6,18 +6,25 @@ import (
 	"crypto/rand"
 	"database/sql"
 	"errors"
+	"fmt"
 	"strings"
 	"syscall"
 )
 
 // Row decoding lives here and nowhere else.
-const inodeCols = `ino, gen, mode, uid, gid, nlink, size, rdev, atime_ns, mtime_ns, ctime_ns, file_id, target`
+const (
+	inodeBase   = `ino, gen, mode, uid, gid, nlink, size, rdev, atime_ns, mtime_ns, ctime_ns, file_id, target`
+	storedQuery = `(SELECT coalesce(sum(c.length), 0) FROM chunks c WHERE c.ino = %s.ino)` // Inode.Stored
+)
 
-var inodeColsI = "i." + strings.ReplaceAll(inodeCols, ", ", ", i.")
+// inodeCols are the columns scanInode reads, from the inodes table; inodeColsI
+// the same for a query that names it "i".
+var (
+	inodeCols  = inodeBase + ", " + fmt.Sprintf(storedQuery, "inodes")
+	inodeColsI = "i." + strings.ReplaceAll(inodeBase, ", ", ", i.") + ", " + fmt.Sprintf(storedQuery, "i")
+)
 
-// lookupSQL finds the inode behind a directory entry. The subquery form runs
-// about 3x faster than the equivalent join here (4 µs against 12 µs).
-const lookupSQL = `SELECT ` + inodeCols + ` FROM inodes WHERE ino = (SELECT ino FROM dentries WHERE parent = ? AND name = ?)`
+var lookupSQL = `SELECT ` + inodeCols + ` FROM inodes WHERE ino = (SELECT ino FROM dentries WHERE parent = ? AND name = ?)`
 
 type scanner interface{ Scan(dest ...any) error }
 
@@ -27,7 +34,7 @@ func scanInode(s scanner, extra ...any) (Inode, error) {
 	var in Inode
 	var fid []byte
 	dest := append([]any{&ino, &gen, &mode, &uid, &gid, &nlink, &size, &rdev,
-		&in.Atime, &in.Mtime, &in.Ctime, &fid, &in.Target}, extra...)
+		&in.Atime, &in.Mtime, &in.Ctime, &fid, &in.Target, &in.Stored}, extra...)
 	if err := s.Scan(dest...); err != nil {
 		return Inode{}, err
 	}

@@ -84,6 +84,7 @@ type Inode struct {
 	Ctime  int64
 	FileID [16]byte // crypto identity of a regular file; zero for anything else
 	Target []byte   // symlink target
+	Stored int64    // plaintext bytes held in chunk objects (holes excluded); read-only
 }
 
 // IsDir, IsRegular and IsSymlink test the type bits.

@@ -1,0 +1,191 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// The control socket lets `coffer unmount` and `coffer status MOUNTPOINT` talk to the daemon
+// serving a mountpoint. One socket per mount, mode 0600 in a 0700 folder; the peer's uid is
+// checked with SO_PEERCRED (root or the user who mounted). One JSON request per connection,
+// one JSON reply.
+
+type ctlRequest struct {
+	Op string `json:"op"` // "status" | "unmount"
+}
+
+type ctlReply struct {
+	OK     bool            `json:"ok"`
+	Error  string          `json:"error,omitempty"`
+	Status json.RawMessage `json:"status,omitempty"`
+}
+
+// runtimeDir holds the control sockets.
+func runtimeDir() string {
+	if os.Getuid() == 0 {
+		return "/run/coffer"
+	}
+	if d := os.Getenv("XDG_RUNTIME_DIR"); d != "" {
+		return filepath.Join(d, "coffer")
+	}
+	return filepath.Join(os.TempDir(), "coffer-"+strconv.Itoa(os.Getuid()))
+}
+
+// socketPath names the control socket of a mountpoint (absolute, cleaned).
+func socketPath(mountpoint string) string {
+	sum := sha256.Sum256([]byte(filepath.Clean(mountpoint)))
+	return filepath.Join(runtimeDir(), hex.EncodeToString(sum[:12])+".sock")
+}
+
+// ctlServer answers control requests for one mount.
+type ctlServer struct {
+	ln      *net.UnixListener
+	path    string
+	owner   int
+	status  func() any
+	unmount func() error // asks the mount to go away; returns once the daemon has finished
+	log     *slog.Logger
+	pending sync.WaitGroup // unmount replies not yet written
+}
+
+func listenControl(mountpoint string, log *slog.Logger) (*ctlServer, error) {
+	dir := runtimeDir()
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("control socket: %w", err)
+	}
+	path := socketPath(mountpoint)
+	// A socket left by a killed daemon: remove it if nobody answers on it.
+	if c, err := net.DialTimeout("unix", path, 200*time.Millisecond); err == nil {
+		c.Close()
+		return nil, fmt.Errorf("%s is already served by a running coffer daemon", mountpoint)
+	}
+	os.Remove(path)
+	old := syscall.Umask(0o177)
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	syscall.Umask(old)
+	if err != nil {
+		return nil, fmt.Errorf("control socket: %w", err)
+	}
+	ln.SetUnlinkOnClose(true)
+	return &ctlServer{ln: ln, path: path, owner: os.Getuid(), log: log}, nil
+}
+
+func (s *ctlServer) serve() {
+	for {
+		c, err := s.ln.AcceptUnix()
+		if err != nil {
+			return
+		}
+		go s.handle(c)
+	}
+}
+
+func (s *ctlServer) close() { s.ln.Close() }
+
+// flush waits (up to d) until every `coffer unmount` waiting on this daemon got its answer,
+// so the process does not exit under them.
+func (s *ctlServer) flush(d time.Duration) {
+	ch := make(chan struct{})
+	go func() { s.pending.Wait(); close(ch) }()
+	select {
+	case <-ch:
+	case <-time.After(d):
+	}
+}
+
+func (s *ctlServer) handle(c *net.UnixConn) {
+	defer c.Close()
+	reply := func(r ctlReply) { json.NewEncoder(c).Encode(r) }
+	uid, err := peerUID(c)
+	if err != nil || (uid != 0 && uid != s.owner) {
+		s.log.Warn("control socket: request refused", "peer_uid", uid, "err", err)
+		reply(ctlReply{Error: "permission denied: only root or the user who mounted may control this mount"})
+		return
+	}
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	var req ctlRequest
+	if err := json.NewDecoder(bufio.NewReader(c)).Decode(&req); err != nil {
+		reply(ctlReply{Error: "bad request: " + err.Error()})
+		return
+	}
+	c.SetReadDeadline(time.Time{})
+	switch req.Op {
+	case "status":
+		b, err := json.Marshal(s.status())
+		if err != nil {
+			reply(ctlReply{Error: err.Error()})
+			return
+		}
+		reply(ctlReply{OK: true, Status: b})
+	case "unmount":
+		s.pending.Add(1)
+		defer s.pending.Done()
+		if err := s.unmount(); err != nil {
+			reply(ctlReply{Error: err.Error()})
+			return
+		}
+		reply(ctlReply{OK: true})
+	default:
+		reply(ctlReply{Error: fmt.Sprintf("unknown request %q", req.Op)})
+	}
+}
+
+func peerUID(c *net.UnixConn) (int, error) {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	var cred *syscall.Ucred
+	var cerr error
+	if err := raw.Control(func(fd uintptr) {
+		cred, cerr = syscall.GetsockoptUcred(int(fd), syscall.SOL_SOCKET, syscall.SO_PEERCRED)
+	}); err != nil {
+		return -1, err
+	}
+	if cerr != nil {
+		return -1, cerr
+	}
+	return int(cred.Uid), nil
+}
+
+// ctlCall sends one request to the daemon serving mountpoint and waits up to timeout.
+func ctlCall(ctx context.Context, mountpoint string, op string, timeout time.Duration) (ctlReply, error) {
+	abs, err := filepath.Abs(mountpoint)
+	if err != nil {
+		return ctlReply{}, err
+	}
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "unix", socketPath(abs))
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ECONNREFUSED) {
+			return ctlReply{}, fmt.Errorf("no coffer daemon serves %s", abs)
+		}
+		return ctlReply{}, fmt.Errorf("reach the coffer daemon of %s: %w", abs, err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(timeout))
+	if err := json.NewEncoder(c).Encode(ctlRequest{Op: op}); err != nil {
+		return ctlReply{}, fmt.Errorf("send %s request: %w", op, err)
+	}
+	var r ctlReply
+	if err := json.NewDecoder(c).Decode(&r); err != nil {
+		return ctlReply{}, fmt.Errorf("no answer from the coffer daemon of %s: %w", abs, err)
+	}
+	if !r.OK {
+		return r, errors.New(r.Error)
+	}
+	return r, nil
+}

@@ -1,0 +1,414 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	cofferfs "coffer/fs"
+	"coffer/fs/content"
+	"coffer/fs/meta"
+	"coffer/fs/volume"
+
+	"golang.org/x/sys/unix"
+)
+
+// Fds a daemon child inherits from `coffer mount` (after stdin, stdout, stderr).
+const (
+	readyFd  = 3 // the child writes "ok\n" or "error: ...\n" when the mount is ready or failed
+	secretFd = 4 // the parent writes the PIN or passphrase, then closes it
+)
+
+type mountConfig struct {
+	state, mountpoint     string
+	foreground, child     bool
+	allowOther, readOnly  bool
+	pinFile, passFile     string
+	cacheSize, stagingCap int64
+	unmountTimeout        time.Duration
+}
+
+func cmdMount(ctx context.Context, env *cliEnv, args []string) error {
+	fl := flag.NewFlagSet("mount", flag.ContinueOnError)
+	var mc mountConfig
+	fl.StringVar(&mc.state, "state", "", "state directory of the volume")
+	fl.BoolVar(&mc.foreground, "foreground", false, "serve in the foreground (logs to stderr)")
+	fl.BoolVar(&mc.allowOther, "allow-other", false, "let other users use the mount (permissions still apply)")
+	fl.BoolVar(&mc.readOnly, "read-only", false, "mount read-only")
+	fl.StringVar(&mc.pinFile, "hsm-pin-file", "", "file holding the HSM PIN (else COFFER_HSM_PIN or a prompt)")
+	fl.StringVar(&mc.passFile, "passphrase-file", "", "file holding the passphrase (else COFFER_PASSPHRASE or a prompt)")
+	cache := fl.String("cache-size", "256M", "plaintext block cache in memory")
+	staging := fl.String("staging-cap", "8G", "ciphertext staged locally before writes fail with ENOSPC")
+	fl.DurationVar(&mc.unmountTimeout, "unmount-timeout", time.Minute, "how long unmount waits for uploads before it gives up (data stays staged)")
+	fl.BoolVar(&mc.child, "daemon-child", false, "internal: run as the background daemon")
+	pos, err := parseFlags(fl, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return usageError{"want exactly one MOUNTPOINT"}
+	}
+	if mc.state == "" {
+		return usageError{"--state DIR is required"}
+	}
+	if mc.cacheSize, err = parseSize(*cache); err != nil {
+		return usageError{"--cache-size: " + err.Error()}
+	}
+	if mc.stagingCap, err = parseSize(*staging); err != nil {
+		return usageError{"--staging-cap: " + err.Error()}
+	}
+	if mc.state, err = filepath.Abs(mc.state); err != nil {
+		return err
+	}
+	if mc.mountpoint, err = filepath.Abs(pos[0]); err != nil {
+		return err
+	}
+
+	if mc.child {
+		secret, err := readSecretFd()
+		if err != nil {
+			return err
+		}
+		ready := os.NewFile(readyFd, "ready")
+		return runDaemon(ctx, env, mc, secret, func(err error) {
+			if err != nil {
+				fmt.Fprintf(ready, "error: %s\n", oneLine(err.Error()))
+			} else {
+				fmt.Fprintln(ready, "ok")
+			}
+			ready.Close()
+		})
+	}
+
+	if err := checkMountpoint(ctx, mc.mountpoint); err != nil {
+		return err
+	}
+	src, err := secretSourceFor(ctx, mc)
+	if err != nil {
+		return err
+	}
+	secret, err := env.readSecret(src)
+	if err != nil {
+		return err
+	}
+	defer clear(secret)
+	if mc.foreground {
+		return runDaemon(ctx, env, mc, secret, func(err error) {
+			if err == nil {
+				slog.Info("mounted", "mountpoint", mc.mountpoint)
+			}
+		})
+	}
+	return spawnDaemon(env, mc, args, secret)
+}
+
+// secretSourceFor asks the catalog (read-only) whether the volume wants a PIN or a passphrase.
+func secretSourceFor(ctx context.Context, mc mountConfig) (secretSource, error) {
+	cat, err := openStateReadOnly(ctx, mc.state)
+	if err != nil {
+		return secretSource{}, err
+	}
+	defer cat.Close()
+	v, err := cat.Volume(ctx)
+	if err != nil {
+		return secretSource{}, err
+	}
+	if v.Provider == meta.ProviderPassphrase {
+		return secretSource{what: "passphrase", envVar: "COFFER_PASSPHRASE", file: mc.passFile, flag: "--passphrase-file"}, nil
+	}
+	return secretSource{what: fmt.Sprintf("PIN of HSM token %q", v.HSMToken), envVar: "COFFER_HSM_PIN", file: mc.pinFile, flag: "--hsm-pin-file"}, nil
+}
+
+func checkMountpoint(ctx context.Context, mnt string) error {
+	if _, err := ctlCall(ctx, mnt, "status", 2*time.Second); err == nil {
+		return fmt.Errorf("%s is already mounted by a running coffer daemon (coffer unmount %s)", mnt, mnt)
+	}
+	// A coffer mount that no daemon answers for was left by a killed daemon. Right after a
+	// kill -9 it may not fail with ENOTCONN yet, so look it up rather than stat it.
+	if isCofferMount(mnt) {
+		slog.Warn("clearing a coffer mount left by a dead daemon", "mountpoint", mnt)
+		if err := unix.Unmount(mnt, unix.MNT_DETACH); err != nil {
+			if out, err := exec.Command("fusermount3", "-u", "-z", mnt).CombinedOutput(); err != nil {
+				return fmt.Errorf("clear dead mount on %s: %v: %s", mnt, err, strings.TrimSpace(string(out)))
+			}
+		}
+	}
+	if err := cofferfs.ClearDeadMount(mnt); err != nil {
+		return err
+	}
+	st, err := os.Stat(mnt)
+	if err != nil {
+		return fmt.Errorf("mountpoint: %w", err)
+	}
+	if !st.IsDir() {
+		return fmt.Errorf("mountpoint %s is not a directory", mnt)
+	}
+	return nil
+}
+
+// isCofferMount reports whether /proc/self/mountinfo lists a coffer FUSE mount on mnt.
+func isCofferMount(mnt string) bool {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return false
+	}
+	unescape := strings.NewReplacer(`\040`, " ", `\011`, "\t", `\012`, "\n", `\134`, `\`)
+	for _, line := range strings.Split(string(b), "\n") {
+		// 36 35 0:45 / /mnt rw,... - fuse.coffer coffer rw,...
+		f := strings.Fields(line)
+		if len(f) < 5 || unescape.Replace(f[4]) != mnt {
+			continue
+		}
+		if i := strings.Index(line, " - "); i >= 0 && strings.HasPrefix(line[i+3:], "fuse.coffer ") {
+			return true
+		}
+	}
+	return false
+}
+
+// spawnDaemon re-runs coffer as a session leader in the background, hands it the secret over
+// a pipe (never the environment or argv) and waits until it says the mount is ready.
+func spawnDaemon(env *cliEnv, mc mountConfig, args []string, secret []byte) error {
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	logPath := filepath.Join(mc.state, "daemon.log")
+	logf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	if err != nil {
+		return fmt.Errorf("open daemon log: %w", err)
+	}
+	defer logf.Close()
+	readyR, readyW, err := os.Pipe()
+	if err != nil {
+		return err
+	}
+	defer readyR.Close()
+	secR, secW, err := os.Pipe()
+	if err != nil {
+		readyW.Close()
+		return err
+	}
+	cmd := exec.Command(exe, append([]string{"mount", "--daemon-child"}, args...)...)
+	cmd.ExtraFiles = []*os.File{readyW, secR}
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	for _, e := range os.Environ() {
+		if !strings.HasPrefix(e, "COFFER_HSM_PIN=") && !strings.HasPrefix(e, "COFFER_PASSPHRASE=") {
+			cmd.Env = append(cmd.Env, e)
+		}
+	}
+	if err := cmd.Start(); err != nil {
+		readyW.Close()
+		secR.Close()
+		secW.Close()
+		return fmt.Errorf("start daemon: %w", err)
+	}
+	readyW.Close()
+	secR.Close()
+	_, werr := secW.Write(secret)
+	secW.Close()
+	if werr != nil {
+		cmd.Process.Kill()
+		return fmt.Errorf("hand the secret to the daemon: %w", werr)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+
+	line, err := bufio.NewReader(readyR).ReadString('\n')
+	line = strings.TrimSpace(line)
+	switch {
+	case line == "ok":
+		fmt.Fprintf(env.stdout, "mounted %s (daemon pid %d, log %s)\n", mc.mountpoint, cmd.Process.Pid, logPath)
+		return nil
+	case strings.HasPrefix(line, "error: "):
+		<-exited
+		return errors.New(strings.TrimPrefix(line, "error: "))
+	default:
+		werr := <-exited
+		return fmt.Errorf("the daemon exited before the mount was ready (%v); see %s", werr, logPath)
+	}
+}
+
+func readSecretFd() ([]byte, error) {
+	f := os.NewFile(secretFd, "secret")
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, 4096))
+	if err != nil {
+		return nil, fmt.Errorf("read secret from parent: %w", err)
+	}
+	if len(b) == 0 {
+		return nil, errors.New("no secret from parent")
+	}
+	return b, nil
+}
+
+// harden keeps key material out of core dumps and other processes' reach.
+func harden() {
+	if err := unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0); err != nil {
+		slog.Warn("could not make the daemon non-dumpable", "err", err)
+	}
+	if err := unix.Setrlimit(unix.RLIMIT_CORE, &unix.Rlimit{}); err != nil {
+		slog.Warn("could not disable core dumps", "err", err)
+	}
+}
+
+// runDaemon opens the volume, mounts it, serves until unmounted, then uploads what is staged
+// and wipes every key. ready is called once: with nil when the mount is usable, or with the
+// error that stopped it.
+func runDaemon(parent context.Context, env *cliEnv, mc mountConfig, secret []byte, ready func(error)) (err error) {
+	ctx := context.WithoutCancel(parent) // signals are handled below, not by cancelling I/O
+	readyCalled := false
+	signalReady := func(e error) {
+		if !readyCalled {
+			readyCalled = true
+			ready(e)
+		}
+	}
+	defer func() {
+		if err != nil {
+			signalReady(err)
+		}
+	}()
+	harden()
+	log := slog.Default()
+	if err := checkMountpoint(ctx, mc.mountpoint); err != nil {
+		return err
+	}
+
+	v, err := volume.Open(ctx, mc.state, secret, volume.OpenOptions{Logger: log})
+	clear(secret)
+	if err != nil {
+		return err
+	}
+	audit := func(event string, kv ...any) {
+		detail := map[string]any{"mountpoint": mc.mountpoint, "pid": os.Getpid()}
+		for i := 0; i+1 < len(kv); i += 2 {
+			detail[kv[i].(string)] = kv[i+1]
+		}
+		b, _ := json.Marshal(detail)
+		if _, err := v.Catalog.AppendAudit(ctx, meta.AuditEvent{Time: time.Now().UnixNano(), Event: event,
+			Actor: "uid:" + strconv.Itoa(os.Getuid()), Detail: string(b)}); err != nil {
+			log.Error("audit", "event", event, "err", err)
+		}
+	}
+	closeVolume := func() {
+		audit("keys.wipe", "reason", "unmount")
+		if cerr := v.Close(ctx); cerr != nil {
+			log.Error("close volume", "err", cerr)
+		}
+		log.Info("keys wiped", "volume", hex.EncodeToString(v.ID[:]))
+	}
+	data, err := content.New(v, content.Options{
+		StagingDir: filepath.Join(mc.state, "staging"),
+		CacheBytes: mc.cacheSize, StagingCap: mc.stagingCap, Logger: log,
+	})
+	if err != nil {
+		closeVolume()
+		return err
+	}
+	if err := data.Recover(ctx); err != nil {
+		data.Close(ctx)
+		closeVolume()
+		return fmt.Errorf("recover staged data: %w", err)
+	}
+	ctl, err := listenControl(mc.mountpoint, log)
+	if err != nil {
+		data.Close(ctx)
+		closeVolume()
+		return err
+	}
+	defer ctl.close()
+
+	fsys := cofferfs.New(v, data, cofferfs.Options{AllowOther: mc.allowOther, ReadOnly: mc.readOnly, Logger: log})
+	srv, err := fsys.Mount(mc.mountpoint)
+	if err != nil {
+		data.Close(ctx)
+		closeVolume()
+		return fmt.Errorf("mount %s: %w", mc.mountpoint, err)
+	}
+
+	// What the daemon reports when it is done; `coffer unmount` waits for it.
+	done := make(chan struct{})
+	var result error
+	ctl.status = func() any { return daemonStatus(v, data, mc) }
+	ctl.unmount = func() error {
+		if err := fsys.Unmount(); err != nil {
+			if errors.Is(err, cofferfs.ErrDetached) {
+				return fmt.Errorf("%s is busy (a file is open or a shell's working directory is inside): detached it; the daemon uploads, wipes keys and exits once the last one is closed", mc.mountpoint)
+			}
+			return err
+		}
+		<-done
+		return result
+	}
+	go ctl.serve()
+
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+	go func() {
+		for s := range sigs {
+			log.Info("signal: unmounting", "signal", s.String())
+			if err := fsys.Unmount(); errors.Is(err, cofferfs.ErrDetached) {
+				log.Warn("mount busy: detached; finishing once the last open file is closed", "mountpoint", mc.mountpoint)
+			} else if err != nil {
+				log.Error("unmount on signal", "err", err)
+			}
+		}
+	}()
+
+	audit("mount", "read_only", mc.readOnly)
+	log.Info("serving", "mountpoint", mc.mountpoint, "volume", hex.EncodeToString(v.ID[:]), "remote", v.Remote)
+	signalReady(nil)
+	srv.Wait()
+	log.Info("unmounted; uploading what is staged", "mountpoint", mc.mountpoint)
+
+	cctx, cancel := context.WithTimeout(ctx, mc.unmountTimeout)
+	left, cerr := data.Close(cctx)
+	cancel()
+	closeVolume()
+	switch {
+	case left > 0:
+		result = fmt.Errorf("unmounted, but %d bytes are still staged (remote unreachable?): they upload at the next mount", left)
+	case cerr != nil:
+		result = fmt.Errorf("unmounted, but finishing uploads failed: %w", cerr)
+	}
+	close(done)
+	if result != nil {
+		log.Error(result.Error())
+	}
+	ctl.flush(5 * time.Second)
+	return result
+}
+
+func cmdUnmount(ctx context.Context, env *cliEnv, args []string) error {
+	fl := flag.NewFlagSet("unmount", flag.ContinueOnError)
+	timeout := fl.Duration("timeout", 5*time.Minute, "how long to wait for the daemon to finish")
+	pos, err := parseFlags(fl, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return usageError{"want exactly one MOUNTPOINT"}
+	}
+	if _, err := ctlCall(ctx, pos[0], "unmount", *timeout); err != nil {
+		return err
+	}
+	fmt.Fprintf(env.stdout, "unmounted %s; keys wiped\n", pos[0])
+	return nil
+}

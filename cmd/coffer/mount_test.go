@@ -1,0 +1,180 @@
+package main
+
+import (
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// passVolume makes a passphrase volume on a local-folder remote and returns its state dir,
+// a fresh mountpoint and the environment carrying the passphrase.
+func passVolume(t *testing.T) (state, mnt string, env []string) {
+	t.Helper()
+	dir := t.TempDir()
+	state, mnt = filepath.Join(dir, "state"), filepath.Join(dir, "mnt")
+	os.Mkdir(mnt, 0o755)
+	env = []string{"COFFER_PASSPHRASE=mount test passphrase"}
+	if r := coffer(t, env, "init", "--state", state, "--passphrase"); r.code != 0 {
+		t.Fatalf("init: %s", r.stderr)
+	}
+	t.Cleanup(func() {
+		exec.Command("fusermount3", "-u", "-z", mnt).Run()
+		for _, pid := range daemonPIDs(state) {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+	})
+	return state, mnt, env
+}
+
+// daemonPIDs lists coffer daemons serving state.
+func daemonPIDs(state string) []int {
+	var pids []int
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		args := strings.Split(string(b), "\x00")
+		if len(args) > 2 && args[1] == "mount" && args[2] == "--daemon-child" && strings.Contains(string(b), state) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+func waitGone(t *testing.T, pid int) {
+	t.Helper()
+	for i := 0; i < 100; i++ {
+		if err := syscall.Kill(pid, 0); err != nil {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("daemon %d still running", pid)
+}
+
+func mounted(mnt string) bool {
+	b, _ := os.ReadFile("/proc/self/mountinfo")
+	return strings.Contains(string(b), " "+mnt+" ")
+}
+
+func TestMountLifecycle(t *testing.T) {
+	state, mnt, env := passVolume(t)
+	r := coffer(t, env, "mount", "--state", state, mnt)
+	if r.code != 0 || !strings.Contains(r.stdout, "mounted "+mnt) {
+		t.Fatalf("mount (%d): %s %s", r.code, r.stdout, r.stderr)
+	}
+	pids := daemonPIDs(state)
+	if len(pids) != 1 {
+		t.Fatalf("daemons: %v", pids)
+	}
+	// The passphrase is neither in the daemon's environment nor in its argv.
+	for _, f := range []string{"environ", "cmdline"} {
+		b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pids[0]), f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(string(b), "mount test passphrase") || strings.Contains(string(b), "COFFER_PASSPHRASE") {
+			t.Errorf("the passphrase is in the daemon's %s", f)
+		}
+	}
+	want := []byte("hello from a legacy program\n")
+	if err := os.WriteFile(filepath.Join(mnt, "hello.txt"), want, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// A second mount of the same state, or of the same mountpoint, is refused.
+	mnt2 := filepath.Join(filepath.Dir(mnt), "mnt2")
+	os.Mkdir(mnt2, 0o755)
+	r = coffer(t, env, "mount", "--state", state, mnt2)
+	r.oneErrorLine(t, "in use by another coffer process")
+	r = coffer(t, env, "mount", "--state", state, mnt)
+	r.oneErrorLine(t, "already mounted")
+
+	r = coffer(t, nil, "status", mnt, "--json")
+	if r.code != 0 {
+		t.Fatalf("status: %s", r.stderr)
+	}
+	var ms map[string]any
+	if err := json.Unmarshal([]byte(r.stdout), &ms); err != nil || ms["mountpoint"] != mnt || ms["key_mode"] != "wrap" || ms["locked"] != false {
+		t.Errorf("status: %v %s", err, r.stdout)
+	}
+
+	r = coffer(t, nil, "unmount", mnt)
+	if r.code != 0 || !strings.Contains(r.stdout, "keys wiped") {
+		t.Fatalf("unmount (%d): %s %s", r.code, r.stdout, r.stderr)
+	}
+	waitGone(t, pids[0])
+	if mounted(mnt) {
+		t.Fatal("still mounted after unmount")
+	}
+	r = coffer(t, nil, "unmount", mnt)
+	r.oneErrorLine(t, "no coffer daemon serves")
+
+	// Remount: same content. Then SIGTERM unmounts cleanly too.
+	if r = coffer(t, env, "mount", "--state", state, mnt); r.code != 0 {
+		t.Fatalf("remount: %s", r.stderr)
+	}
+	got, err := os.ReadFile(filepath.Join(mnt, "hello.txt"))
+	if err != nil || string(got) != string(want) {
+		t.Fatalf("after remount: %q, %v", got, err)
+	}
+	pids = daemonPIDs(state)
+	syscall.Kill(pids[0], syscall.SIGTERM)
+	waitGone(t, pids[0])
+	if mounted(mnt) {
+		t.Fatal("still mounted after SIGTERM")
+	}
+}
+
+func TestMountAfterKill(t *testing.T) {
+	state, mnt, env := passVolume(t)
+	for i := 0; i < 3; i++ {
+		if r := coffer(t, env, "mount", "--state", state, mnt); r.code != 0 {
+			t.Fatalf("mount %d: %s", i, r.stderr)
+		}
+		if i == 0 {
+			os.WriteFile(filepath.Join(mnt, "f"), []byte("survives"), 0o644)
+			f, _ := os.Open(filepath.Join(mnt, "f"))
+			f.Sync()
+			f.Close()
+		}
+		for _, pid := range daemonPIDs(state) {
+			syscall.Kill(pid, syscall.SIGKILL)
+			waitGone(t, pid)
+		}
+	}
+	// The dead mount is cleared and the volume mounts again.
+	r := coffer(t, env, "mount", "--state", state, mnt)
+	if r.code != 0 {
+		t.Fatalf("mount after kill -9: %s", r.stderr)
+	}
+	if b, err := os.ReadFile(filepath.Join(mnt, "f")); err != nil || string(b) != "survives" {
+		t.Fatalf("fsynced file after kill -9: %q, %v", b, err)
+	}
+	if r := coffer(t, nil, "unmount", mnt); r.code != 0 {
+		t.Fatalf("unmount: %s", r.stderr)
+	}
+}
+
+func TestMountErrors(t *testing.T) {
+	state, mnt, _ := passVolume(t)
+	r := coffer(t, []string{"COFFER_PASSPHRASE=not the passphrase"}, "mount", "--state", state, mnt)
+	r.oneErrorLine(t, "wrong passphrase")
+	if mounted(mnt) || len(daemonPIDs(state)) != 0 {
+		t.Fatal("a failed mount left a mount or a daemon")
+	}
+	r = coffer(t, []string{"COFFER_PASSPHRASE=x"}, "mount", "--state", state, filepath.Join(mnt, "missing"))
+	r.oneErrorLine(t, "mountpoint")
+	r = coffer(t, []string{"COFFER_PASSPHRASE=x"}, "mount", "--state", filepath.Join(mnt, "nostate"), mnt)
+	r.oneErrorLine(t, "open volume")
+	r = coffer(t, nil, "mount", "--state", state, mnt)
+	r.oneErrorLine(t, "COFFER_PASSPHRASE")
+}

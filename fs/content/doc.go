@@ -1,0 +1,29 @@
+// Package content is coffer's data path, below FUSE: it reads and writes
+// the content of regular files.
+//
+// Reads go offset -> chunk -> blocks: a block cache (plaintext, bounded,
+// keyed by object id and block, so entries never go stale) or one ranged
+// GET of exactly the sealed blocks needed, each authenticated against the
+// binding the catalog gives (volume, file, object, block index, last-block
+// flag). Sequential reads prefetch the next window concurrently, under the
+// store's own context. A failed authentication, a missing or short object
+// is EIO and an ERROR log line naming the object and the inode; never data.
+//
+// Writes land in per-chunk staging files that hold ciphertext only
+// (FORMAT.md section 10): one slot per block, each a random-nonce box under a
+// key derived from the file's DEK and the staging id. Each staging file is
+// on the catalog's upload queue from the moment it exists. Uploaders (in
+// the background, several at once) assemble a dirty chunk (staged blocks
+// over the committed object's blocks, zeros for holes), seal it under a
+// fresh object id, put it, and swap the chunk row in one catalog
+// transaction that also queues the replaced object for deletion; a deleter
+// drains that queue. A chunk that turns out all zeros is dropped, not
+// stored. fsync waits for the file's chunks and a durable catalog commit;
+// close does not wait. With the remote down, writes fill staging up to the
+// cap (then ENOSPC) and fsync fails with EIO after SyncTimeout; staged data
+// survives crashes and unmounts and is uploaded by Recover at the next
+// mount.
+//
+// Locking is per file and per chunk; there is no global lock on the data
+// path.
+package content

@@ -1,0 +1,82 @@
+package content
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"syscall"
+
+	"coffer/fs/meta"
+)
+
+// Error is what the data path returns: the errno for the kernel and the
+// cause, for logs. errors.As(err, &syscall.Errno) finds Errno first, so a
+// remote failure that happens to wrap ECONNREFUSED still reaches the kernel
+// as EIO.
+type Error struct {
+	Errno syscall.Errno
+	Op    string // what was being done, e.g. "read inode 12"
+	Err   error  // the cause; may be nil
+}
+
+func (e *Error) Error() string {
+	if e.Err == nil {
+		return "content: " + e.Op + ": " + e.Errno.Error()
+	}
+	return "content: " + e.Op + ": " + e.Err.Error()
+}
+
+// Unwrap lists the errno before the cause.
+func (e *Error) Unwrap() []error {
+	if e.Err == nil {
+		return []error{e.Errno}
+	}
+	return []error{e.Errno, e.Err}
+}
+
+// Errno maps an error from this package (or any error) to the errno the
+// kernel should see: the errno it carries, EINTR for a cancelled context,
+// EIO otherwise; 0 for nil.
+func Errno(err error) syscall.Errno {
+	if err == nil {
+		return 0
+	}
+	var e syscall.Errno
+	if errors.As(err, &e) {
+		return e
+	}
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return syscall.EINTR
+	}
+	return syscall.EIO
+}
+
+func errnof(errno syscall.Errno, format string, a ...any) error {
+	return &Error{Errno: errno, Op: fmt.Sprintf(format, a...)}
+}
+
+// ioErr wraps a failure of the remote or of the content itself: always EIO
+// (or EINTR when the caller's context ended), never an errno that happens
+// to sit inside a network error.
+func ioErr(ctx context.Context, err error, format string, a ...any) error {
+	errno := syscall.EIO
+	if ctx != nil && ctx.Err() != nil && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
+		errno = syscall.EINTR
+	}
+	return &Error{Errno: errno, Op: fmt.Sprintf(format, a...), Err: err}
+}
+
+// metaErr wraps a catalog failure, keeping the errno the catalog chose.
+func metaErr(err error, format string, a ...any) error {
+	return &Error{Errno: meta.Errno(err), Op: fmt.Sprintf(format, a...), Err: err}
+}
+
+// localErr wraps a failure of the local staging area: a full disk is
+// ENOSPC, anything else EIO.
+func localErr(err error, format string, a ...any) error {
+	errno := syscall.EIO
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+		errno = syscall.ENOSPC
+	}
+	return &Error{Errno: errno, Op: fmt.Sprintf(format, a...), Err: err}
+}

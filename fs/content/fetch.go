@@ -1,0 +1,255 @@
+package content
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+
+	"coffer/crypto/format"
+	"coffer/keys"
+	"coffer/remote"
+)
+
+// loadBlocks returns the plaintext of blocks need (ascending) of base
+// object b of file f: from the cache, from a fetch already in flight, or
+// with one ranged GET covering the blocks nobody is fetching.
+func (s *Store) loadBlocks(ctx context.Context, f *File, b *baseObj, need []int64) (map[int64][]byte, error) {
+	out := make(map[int64][]byte, len(need))
+	type wait struct {
+		block int64
+		fl    *flight
+	}
+	var mine []int64
+	var waits []wait
+	for _, i := range need {
+		data, fl, own := s.cache.getOrClaim(blockKey{b.id, i})
+		switch {
+		case data != nil:
+			out[i] = data
+		case own:
+			mine = append(mine, i)
+		default:
+			waits = append(waits, wait{i, fl})
+		}
+	}
+	if len(mine) > 0 {
+		err := s.fetch(ctx, f, b, mine[0], mine[len(mine)-1], out)
+		for _, i := range mine {
+			s.cache.finish(blockKey{b.id, i})
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	var again []int64
+	for _, w := range waits {
+		select {
+		case <-w.fl.done:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		if data, ok := s.cache.get(blockKey{b.id, w.block}); ok {
+			out[w.block] = data
+		} else if _, ok := out[w.block]; !ok {
+			again = append(again, w.block) // that fetch failed, or the block was evicted already
+		}
+	}
+	if len(again) > 0 {
+		if err := s.fetch(ctx, f, b, again[0], again[len(again)-1], out); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// fetch GETs sealed blocks first..last of base object b in one ranged
+// request, authenticates each against the catalog's binding, and caches
+// and returns their plaintext.
+func (s *Store) fetch(ctx context.Context, f *File, b *baseObj, first, last int64, out map[int64][]byte) error {
+	l := s.layout
+	L := b.row.Length
+	off, n, err := l.CiphertextRange(L, first, last)
+	if err != nil {
+		return fmt.Errorf("object %s: %w", b.name(), err)
+	}
+	ciph, err := f.cipherFor(ctx, b)
+	if err != nil {
+		return err
+	}
+	rctx, cancel := context.WithTimeout(ctx, s.opt.ReadTimeout)
+	ct, err := s.remote.GetRange(rctx, b.name(), off, n)
+	cancel()
+	if err != nil {
+		return err
+	}
+	if int64(len(ct)) != n {
+		return &format.AuthError{Object: b.id, Block: first, Reason: fmt.Sprintf("got %d bytes of blocks %d..%d, want %d", len(ct), first, last, n)}
+	}
+	lastBlock, _ := l.LastBlock(L)
+	for i := first; i <= last; i++ {
+		blen, err := l.BlockLen(L, i)
+		if err != nil {
+			return err
+		}
+		sb := blen + format.TagSize
+		pt, err := ciph.OpenBlock(make([]byte, 0, blen), ct[:sb], i, i == lastBlock)
+		if err != nil {
+			return err
+		}
+		ct = ct[sb:]
+		out[i] = pt
+		s.cache.put(blockKey{b.id, i}, pt)
+	}
+	return nil
+}
+
+// readFailed turns a failed read of base object b into EIO, logging an
+// ERROR line that names the object and the inode. Only a cancelled request
+// is quiet (EINTR).
+func (s *Store) readFailed(ctx context.Context, f *File, chunk int64, b *baseObj, err error) error {
+	if ctx.Err() != nil && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
+		return ioErr(ctx, err, "read inode %d chunk %d", f.ino, chunk)
+	}
+	obj := "(none)"
+	if b != nil {
+		obj = b.name()
+	}
+	switch {
+	case errors.Is(err, format.ErrAuth):
+		s.log.Error("content: chunk object failed authentication (tampered, swapped, truncated or rolled back); refusing its data",
+			"object", obj, "ino", f.ino, "chunk", chunk, "err", err)
+	case errors.Is(err, remote.ErrNotFound):
+		s.log.Error("content: chunk object is missing from the remote (deleted?)",
+			"object", obj, "ino", f.ino, "chunk", chunk, "err", err)
+	case errors.Is(err, io.ErrUnexpectedEOF) && !remote.IsTransient(err):
+		s.log.Error("content: chunk object is shorter than the catalog says (truncated)",
+			"object", obj, "ino", f.ino, "chunk", chunk, "err", err)
+	case errors.Is(err, keys.ErrWiped) || errors.Is(err, format.ErrWiped):
+		s.log.Warn("content: read after the file's keys were wiped", "object", obj, "ino", f.ino, "chunk", chunk)
+	default:
+		s.log.Error("content: cannot read chunk object from the remote",
+			"object", obj, "ino", f.ino, "chunk", chunk, "err", err)
+	}
+	return ioErr(nil, err, "read inode %d chunk %d (object %s)", f.ino, chunk, obj)
+}
+
+// noteRead tracks sequential access on the file and starts a prefetch of
+// the next window when reads follow each other. f.mu is held shared.
+func (f *File) noteRead(ctx context.Context, off, n, size int64) {
+	ra := f.s.opt.Readahead
+	if ra <= 0 {
+		return
+	}
+	end := off + n
+	var from, to int64
+	f.raMu.Lock()
+	if off == f.raNext {
+		f.raSeq++
+	} else {
+		f.raSeq, f.raAhead = 0, 0
+	}
+	f.raNext = end
+	if f.raSeq >= 1 && f.raAhead < end+ra/2 {
+		from, to = max(f.raAhead, end), min(end+ra, size)
+		if to > from {
+			f.raAhead = to
+		}
+	}
+	f.raMu.Unlock()
+	if to > from {
+		f.s.startPrefetch(ctx, f, from, to)
+	}
+}
+
+// prefetchJob is a run of blocks of one object whose fetch the prefetch
+// has claimed (readers of those blocks wait for it instead of fetching).
+type prefetchJob struct {
+	chunk  int64
+	base   *baseObj
+	blocks []int64
+}
+
+// startPrefetch fetches [from, to) of f into the cache in the background.
+// The blocks are claimed here, before the next read can ask for them, so a
+// read that catches up with the prefetch waits for it rather than issuing
+// a GET of its own; the GETs run under the store's own context (never a
+// request's, which a signal may cancel). Nothing is done when enough
+// prefetches are already running. f.mu is held shared.
+func (s *Store) startPrefetch(ctx context.Context, f *File, from, to int64) {
+	select {
+	case s.prefetchSem <- struct{}{}:
+	default:
+		f.raMu.Lock()
+		f.raAhead = min(f.raAhead, from)
+		f.raMu.Unlock()
+		return
+	}
+	s.mu.Lock()
+	if s.closed || f.gone {
+		s.mu.Unlock()
+		<-s.prefetchSem
+		return
+	}
+	f.pins++
+	s.wg.Add(1)
+	s.mu.Unlock()
+	jobs := f.claimPrefetch(ctx, from, to)
+	go func() {
+		defer s.wg.Done()
+		defer func() { <-s.prefetchSem }()
+		defer s.drop(f, false)
+		pctx, cancel := context.WithTimeout(s.bg, s.opt.ReadTimeout)
+		defer cancel()
+		failed := false
+		for _, j := range jobs {
+			if !failed {
+				out := make(map[int64][]byte, len(j.blocks))
+				if err := s.fetch(pctx, f, j.base, j.blocks[0], j.blocks[len(j.blocks)-1], out); err != nil {
+					// The read that needs these blocks fetches them again
+					// and reports the failure; a prefetch only notes it.
+					s.log.Debug("content: prefetch failed", "ino", f.ino, "chunk", j.chunk, "object", j.base.name(), "err", err)
+					failed = true
+				}
+			}
+			for _, b := range j.blocks {
+				s.cache.finish(blockKey{j.base.id, b})
+			}
+		}
+	}()
+}
+
+// claimPrefetch claims the base blocks of [from, to) that are neither
+// staged, cached nor being fetched. f.mu is held shared.
+func (f *File) claimPrefetch(ctx context.Context, from, to int64) []prefetchJob {
+	s := f.s
+	B := int64(s.layout.BlockSize)
+	C := s.layout.ChunkSize
+	var jobs []prefetchJob
+	for pos := from; pos < to; {
+		k, in := pos/C, pos%C
+		m := min(to-pos, C-in)
+		pos += m
+		c := f.chunk(k)
+		if err := c.load(ctx); err != nil {
+			break
+		}
+		c.mu.RLock()
+		j := prefetchJob{chunk: k, base: c.base}
+		if c.base != nil {
+			for b := in / B; b <= (in+m-1)/B && b*B < c.baseLimit; b++ {
+				if c.stg != nil && c.stg.has(b) {
+					continue
+				}
+				if _, _, mine := s.cache.getOrClaim(blockKey{c.base.id, b}); mine {
+					j.blocks = append(j.blocks, b)
+				}
+			}
+		}
+		c.mu.RUnlock()
+		if len(j.blocks) > 0 {
+			jobs = append(jobs, j)
+		}
+	}
+	return jobs
+}

@@ -1,0 +1,447 @@
+package content
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"coffer/crypto/format"
+	"coffer/fs/meta"
+	"coffer/keys"
+)
+
+// keyring is what the data path needs of keys.Keyring.
+type keyring interface {
+	FileKey(ctx context.Context, rec keys.Record, file [keys.IDSize]byte) (*keys.DEK, error)
+}
+
+// File is the content of one regular file, shared by all its open handles
+// (one per inode). It stays in memory while it has handles, internal pins
+// or staged changes; then its size and mtime are committed and its keys
+// wiped.
+//
+// Locking: mu is held shared by reads and writes of data and exclusively
+// by truncation, hole punching and discard; each chunk has its own lock;
+// commitMu orders the file's catalog commits so sizes never go backwards.
+// Order: mu, then a chunk's mu, then commitMu.
+type File struct {
+	s   *Store
+	ino uint64
+
+	ready   chan struct{} // closed once loaded
+	loadErr error
+
+	// under s.mu
+	handles int
+	pins    int
+	gone    bool
+
+	id  format.ID // the file's crypto identity (inode FileID)
+	rec keys.Record
+
+	mu    sync.RWMutex
+	size  atomic.Int64
+	mtime atomic.Int64
+	floor int64 // under mu: catalog size at load, lowered by truncations
+
+	cmu    sync.Mutex
+	chunks map[int64]*chunk
+
+	commitMu       sync.Mutex
+	committedSize  atomic.Int64
+	committedMtime atomic.Int64
+
+	keyMu   sync.Mutex
+	dek     *keys.DEK            // current key record's DEK; nil after WipeKeys
+	oldDEKs map[uint32]*keys.DEK // derive mode: DEKs of older key versions still used by chunks
+	freed   bool                 // keys wiped for good
+
+	dirtyChunks atomic.Int64
+	discarded   atomic.Bool
+
+	raMu    sync.Mutex
+	raNext  int64 // where a sequential read would continue
+	raSeq   int   // consecutive sequential reads
+	raAhead int64 // prefetched (or being prefetched) up to here
+}
+
+func newFile(s *Store, ino uint64) *File {
+	return &File{s: s, ino: ino, ready: make(chan struct{}), chunks: make(map[int64]*chunk)}
+}
+
+// load reads the inode and its key record and opens the file's DEK.
+func (f *File) load(ctx context.Context) error {
+	s := f.s
+	in, err := s.cat.GetInode(ctx, f.ino)
+	if err != nil {
+		return metaErr(err, "open inode %d", f.ino)
+	}
+	if !in.IsRegular() {
+		if in.IsDir() {
+			return errnof(syscall.EISDIR, "open inode %d: a directory has no content", f.ino)
+		}
+		return errnof(syscall.EINVAL, "open inode %d: not a regular file", f.ino)
+	}
+	if in.FileID == ([16]byte{}) {
+		s.log.Error("content: regular file has no file id in the catalog", "ino", f.ino)
+		return errnof(syscall.EIO, "open inode %d: no file id", f.ino)
+	}
+	kr, err := s.cat.GetKey(ctx, f.ino)
+	if err != nil {
+		s.log.Error("content: regular file has no key record", "ino", f.ino, "err", err)
+		return ioErr(ctx, err, "open inode %d: key record", f.ino)
+	}
+	f.id = format.ID(in.FileID)
+	f.rec = keys.Record{Mode: keys.Mode(kr.Mode), KEK: keys.KEKRef{Chain: kr.Chain, Version: kr.Version},
+		IV: kr.IV, Wrapped: kr.Wrapped, Salt: kr.Salt}
+	dek, err := s.keys.FileKey(ctx, f.rec, f.id)
+	if err != nil {
+		if ctx.Err() == nil {
+			s.log.Error("content: cannot open the file's key (tampered or moved key record, or a missing KEK version)",
+				"ino", f.ino, "kek", f.rec.KEK.String(), "err", err)
+		}
+		return ioErr(ctx, err, "open inode %d: file key", f.ino)
+	}
+	f.dek = dek
+	f.size.Store(in.Size)
+	f.mtime.Store(in.Mtime)
+	f.floor = in.Size
+	f.committedSize.Store(in.Size)
+	f.committedMtime.Store(in.Mtime)
+	return nil
+}
+
+// keyVersion is the key version recorded with chunks sealed now.
+func (f *File) keyVersion() uint32 {
+	if f.rec.Mode == keys.ModeDerive {
+		return f.rec.KEK.Version
+	}
+	return 0
+}
+
+// dekFor returns the DEK that sealed a chunk recorded with key version v
+// (derive mode: an older version re-derived from the same salt). The
+// returned DEK belongs to the File.
+func (f *File) dekFor(ctx context.Context, v uint32) (*keys.DEK, error) {
+	f.keyMu.Lock()
+	defer f.keyMu.Unlock()
+	if f.dek == nil {
+		if f.freed {
+			return nil, keys.ErrWiped
+		}
+		// WipeKeys (coffer lock) dropped it: open it again, which works
+		// only once the keyring is usable again.
+		d, err := f.s.keys.FileKey(ctx, f.rec, f.id)
+		if err != nil {
+			return nil, err
+		}
+		f.dek = d
+	}
+	if f.rec.Mode != keys.ModeDerive || v == 0 || v == f.rec.KEK.Version {
+		return f.dek, nil
+	}
+	if d := f.oldDEKs[v]; d != nil {
+		return d, nil
+	}
+	rec := f.rec
+	rec.KEK.Version = v
+	d, err := f.s.keys.FileKey(ctx, rec, f.id)
+	if err != nil {
+		return nil, err
+	}
+	if f.oldDEKs == nil {
+		f.oldDEKs = make(map[uint32]*keys.DEK)
+	}
+	f.oldDEKs[v] = d
+	return d, nil
+}
+
+func (f *File) keyCount() int64 {
+	f.keyMu.Lock()
+	defer f.keyMu.Unlock()
+	n := int64(len(f.oldDEKs))
+	if f.dek != nil {
+		n++
+	}
+	return n
+}
+
+// wipe zeroes the file's keys for good (the File is being forgotten).
+func (f *File) wipe() {
+	f.keyMu.Lock()
+	f.freed = true
+	f.keyMu.Unlock()
+	f.wipeKeys()
+}
+
+// wipeKeys zeroes the file's DEKs and drops every cipher and staging box
+// built from them; they are rebuilt on next use unless the File is freed.
+func (f *File) wipeKeys() {
+	f.cmu.Lock()
+	for _, c := range f.chunks {
+		c.mu.RLock()
+		if c.base != nil {
+			c.base.wipe()
+		}
+		if c.stg != nil {
+			c.stg.wipeBox()
+		}
+		c.mu.RUnlock()
+	}
+	f.cmu.Unlock()
+	f.keyMu.Lock()
+	f.dek.Wipe()
+	f.dek = nil
+	for v, d := range f.oldDEKs {
+		d.Wipe()
+		delete(f.oldDEKs, v)
+	}
+	f.keyMu.Unlock()
+}
+
+// Size is the file's current size.
+func (f *File) Size() int64 { return f.size.Load() }
+
+// growSize raises the size to at least n.
+func (f *File) growSize(n int64) {
+	for {
+		cur := f.size.Load()
+		if n <= cur || f.size.CompareAndSwap(cur, n) {
+			return
+		}
+	}
+}
+
+func (f *File) needsFlush() bool {
+	return f.size.Load() != f.committedSize.Load() || f.mtime.Load() != f.committedMtime.Load()
+}
+
+// flush commits the in-memory size and mtime to the catalog if they changed
+// (not durably: see meta.Catalog.Sync).
+func (f *File) flush(ctx context.Context) error {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	f.commitMu.Lock()
+	defer f.commitMu.Unlock()
+	size, mtime := f.size.Load(), f.mtime.Load()
+	if size == f.committedSize.Load() && mtime == f.committedMtime.Load() {
+		return nil
+	}
+	if _, err := f.s.cat.SetAttr(ctx, f.ino, meta.AttrChange{Size: &size, Mtime: &mtime}, time.Now().UnixNano()); err != nil {
+		return metaErr(err, "record size of inode %d", f.ino)
+	}
+	f.committedSize.Store(size)
+	f.committedMtime.Store(mtime)
+	return nil
+}
+
+// Flush is close(2) on a handle: the size and mtime go to the catalog (not
+// necessarily durably); uploads are not waited for.
+func (f *File) Flush(ctx context.Context) error {
+	return f.flush(ctx)
+}
+
+// Release drops one handle. The last one asks for the file's dirty chunks
+// to be uploaded now (without waiting); the keys are wiped once they are.
+func (f *File) Release(ctx context.Context) error {
+	s := f.s
+	s.mu.Lock()
+	f.handles--
+	last := f.handles == 0
+	s.mu.Unlock()
+	if last {
+		for _, t := range f.dirtyTargets() {
+			s.expedite(t.c)
+		}
+	}
+	s.maybeFree(f)
+	return nil
+}
+
+// syncTarget is a chunk and the generation of its staged content that must
+// be on the remote.
+type syncTarget struct {
+	c   *chunk
+	gen uint64
+}
+
+// dirtyTargets lists the file's chunks with staged changes.
+func (f *File) dirtyTargets() []syncTarget {
+	f.cmu.Lock()
+	cs := make([]*chunk, 0, len(f.chunks))
+	for _, c := range f.chunks {
+		cs = append(cs, c)
+	}
+	f.cmu.Unlock()
+	var out []syncTarget
+	for _, c := range cs {
+		c.mu.RLock()
+		if c.stg != nil && !c.dead && c.committedGen < c.gen {
+			out = append(out, syncTarget{c, c.gen})
+		}
+		c.mu.RUnlock()
+	}
+	return out
+}
+
+// Sync is fsync: it returns once every change to the file made before the
+// call is on the remote and the catalog has committed durably. If the
+// remote cannot be reached it fails with EIO after Options.SyncTimeout,
+// and the data stays staged.
+func (f *File) Sync(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, f.s.opt.SyncTimeout)
+	defer cancel()
+	if err := f.s.waitUploaded(ctx, f.dirtyTargets(), "fsync inode "+itoa(f.ino)); err != nil {
+		return err
+	}
+	if err := f.flush(ctx); err != nil {
+		return err
+	}
+	if err := f.s.cat.Sync(ctx); err != nil {
+		return metaErr(err, "fsync inode %d: make the catalog durable", f.ino)
+	}
+	return nil
+}
+
+// chunk returns the in-memory state of chunk idx, creating it (not yet
+// loaded from the catalog) if needed.
+func (f *File) chunk(idx int64) *chunk {
+	f.cmu.Lock()
+	defer f.cmu.Unlock()
+	c := f.chunks[idx]
+	if c == nil {
+		c = &chunk{f: f, idx: idx}
+		f.chunks[idx] = c
+	}
+	return c
+}
+
+// knownChunk returns chunk idx if it is in memory.
+func (f *File) knownChunk(idx int64) *chunk {
+	f.cmu.Lock()
+	defer f.cmu.Unlock()
+	return f.chunks[idx]
+}
+
+func (f *File) checkLive() error {
+	if f.discarded.Load() {
+		return errnof(syscall.ESTALE, "inode %d was discarded", f.ino)
+	}
+	return nil
+}
+
+// ReadAt reads len(dst) bytes at off. It returns fewer only at the end of
+// the file. Errors carry an errno (EIO for remote or integrity failures).
+func (f *File) ReadAt(ctx context.Context, dst []byte, off int64) (int, error) {
+	if off < 0 {
+		return 0, errnof(syscall.EINVAL, "read inode %d at negative offset %d", f.ino, off)
+	}
+	if err := f.checkLive(); err != nil {
+		return 0, err
+	}
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	size := f.size.Load()
+	if off >= size || len(dst) == 0 {
+		return 0, nil
+	}
+	n := int(min(int64(len(dst)), size-off))
+	dst = dst[:n]
+	f.noteRead(ctx, off, int64(n), size)
+	C := f.s.layout.ChunkSize
+	done := 0
+	for done < n {
+		pos := off + int64(done)
+		k, in := pos/C, pos%C
+		m := int(min(int64(n-done), C-in))
+		if err := f.readChunk(ctx, f.chunk(k), in, dst[done:done+m]); err != nil {
+			return done, err
+		}
+		done += m
+	}
+	return n, nil
+}
+
+// WriteAt writes p at off into staging. It fails with ENOSPC when the
+// staging area is at its cap (a write spanning chunks may then have written
+// a prefix, whose length it returns). It updates size and mtime in memory.
+func (f *File) WriteAt(ctx context.Context, p []byte, off int64) (int, error) {
+	if off < 0 {
+		return 0, errnof(syscall.EINVAL, "write inode %d at negative offset %d", f.ino, off)
+	}
+	if len(p) == 0 {
+		return 0, nil
+	}
+	if off > MaxFileSize-int64(len(p)) {
+		return 0, errnof(syscall.EFBIG, "write inode %d: past the largest file size", f.ino)
+	}
+	if err := f.checkLive(); err != nil {
+		return 0, err
+	}
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	C := f.s.layout.ChunkSize
+	done := 0
+	for done < len(p) {
+		pos := off + int64(done)
+		k, in := pos/C, pos%C
+		m := int(min(int64(len(p)-done), C-in))
+		if err := f.writeChunk(ctx, f.chunk(k), in, p[done:done+m], int64(m)); err != nil {
+			if done > 0 {
+				f.mtime.Store(time.Now().UnixNano())
+			}
+			return done, err
+		}
+		done += m
+	}
+	f.mtime.Store(time.Now().UnixNano())
+	return done, nil
+}
+
+func itoa(n uint64) string {
+	var b [20]byte
+	i := len(b)
+	for {
+		i--
+		b[i] = byte('0' + n%10)
+		n /= 10
+		if n == 0 {
+			return string(b[i:])
+		}
+	}
+}
+
+// waitUploaded waits until every target's generation is committed (or its
+// chunk was dropped), or ctx ends (EIO, naming the last upload error).
+func (s *Store) waitUploaded(ctx context.Context, targets []syncTarget, what string) error {
+	for _, t := range targets {
+		s.expedite(t.c)
+	}
+	for {
+		ch := s.notifyChan()
+		pending := 0
+		for _, t := range targets {
+			t.c.mu.RLock()
+			if !t.c.dead && t.c.committedGen < t.gen {
+				pending++
+			}
+			t.c.mu.RUnlock()
+		}
+		if pending == 0 {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			cause := errors.New("the remote did not take the data in time")
+			if p := s.lastErr.Load(); p != nil {
+				cause = errors.New("last upload error: " + *p)
+			}
+			s.log.Error("content: "+what+": data still staged", "chunks", pending, "err", cause)
+			return &Error{Errno: syscall.EIO, Op: what + ": " + itoa(uint64(pending)) + " chunk(s) still staged", Err: cause}
+		}
+	}
+}

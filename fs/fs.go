@@ -1,0 +1,360 @@
+// Package fs is coffer's FUSE node layer: it answers every POSIX operation
+// the kernel sends from the SQLite catalog (coffer/fs/meta) and the data path
+// (coffer/fs/content), through go-fuse v2's fs package.
+//
+// The catalog row is the truth about an inode; go-fuse's Inode is only a
+// cache the kernel's lookups keep alive. Identity is fs.StableAttr{Ino, Gen}
+// taken from the catalog (inode numbers are never reused, the root is 1), so
+// hard links found by two names share one kernel inode.
+//
+// Choices a program could notice, and why:
+//   - atime is relatime, applied at open for reading (reads may be served
+//     from the page cache and never reach us): atime becomes now only when it
+//     is older than mtime or ctime, or a day old, so reading costs a catalog
+//     write once after each change, never one per read(2).
+//   - Size and mtime of a file with open handles or staged writes come from
+//     the data path (content.Store.Attr), which owns them until they are
+//     flushed.
+//   - An unlinked file stays readable and writable through open handles; its
+//     rows, key record and objects go when the last handle is released (or at
+//     the next mount after a crash). A removed directory the kernel still
+//     knows goes when the kernel forgets it.
+//   - suid/sgid are cleared by this layer (CAP_HANDLE_KILLPRIV_V2): on write,
+//     truncate and fallocate by a caller other than root, and on chown.
+//   - Permission checks are the kernel's (default_permissions, always on).
+//   - Extended attributes: user.*, trusted.* and security.* are stored (the
+//     kernel decides who may set which); security.capability and system.*
+//     (ACLs) are refused with EOPNOTSUPP.
+//   - Listings include "." and ".." and can be sought back to any offset
+//     returned; readdirplus answers the kernel's per-entry lookups from the
+//     listing's rows, not one catalog query each.
+//   - statfs reports 4 KiB blocks, the bytes used, and 1 PiB and 2^32 inodes
+//     free: a remote has no fixed size, and tools refuse a file system that
+//     reports none.
+//   - Not supported: O_TMPFILE (EOPNOTSUPP; programs fall back to a named
+//     temporary file), and byte-range locks are the kernel's local ones.
+package fs
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"coffer/fs/meta"
+	"coffer/fs/volume"
+	"coffer/keys"
+)
+
+// Options tune a mount.
+type Options struct {
+	AllowOther   bool          // let other users in (the kernel checks permissions: default_permissions)
+	ReadOnly     bool          // mount read-only: every write operation fails with EROFS
+	Debug        bool          // log every FUSE request (go-fuse's debug output)
+	Logger       *slog.Logger  // nil: slog.Default()
+	EntryTimeout time.Duration // kernel cache of names (and of misses); 0: 1 s
+	AttrTimeout  time.Duration // kernel cache of attributes; 0: 1 s
+	FsName       string        // first field of /proc/mounts; "" means "coffer"
+}
+
+// Kernel-facing constants.
+const (
+	maxWrite      = 1 << 20 // MaxWrite: 1 MiB WRITEs (and READs), the kernel's cap here
+	maxBackground = 64      // background requests (readahead, async reads) in flight
+	readAheadKB   = 1024    // bdi read_ahead_kb raised after mounting
+	attrBlkSize   = 4096    // st_blksize reported (stdio buffers are this big)
+)
+
+// ErrDetached is returned by Unmount when the mount was busy and was
+// detached lazily instead: the kernel removed it from the namespace, but the
+// server keeps serving open files until the last one closes (fuse.Server.Wait
+// returns then).
+var ErrDetached = errors.New("mount point busy: detached lazily; the daemon serves open files until they are closed")
+
+// FS is one mounted (or mountable) coffer volume.
+type FS struct {
+	vol  *volume.Volume
+	cat  *meta.Catalog
+	data dataStore
+	opt  Options
+	log  *slog.Logger
+
+	root *Node
+
+	mu         sync.Mutex
+	srv        *fuse.Server
+	mountpoint string
+
+	// open is the open-file table: per inode, the handles open on it. An
+	// entry lives while anything pins it (see pin).
+	openMu sync.Mutex
+	open   map[uint64]*openState
+
+	// orphans are inodes with no links left that the kernel may still use
+	// (a removed directory it holds); they are reaped on forget.
+	orphanMu sync.Mutex
+	orphans  map[uint64]struct{}
+
+	// nodeLookups counts LOOKUPs answered by a catalog query (readdirplus
+	// answers from its listing instead); tests read it.
+	nodeLookups atomic.Int64
+
+	// userKEKs caches the current per-user KEK version (per-user volumes).
+	kekMu    sync.Mutex
+	userKEKs map[uint32]keys.KEKRef
+}
+
+func newFS(v *volume.Volume, data dataStore, opt Options) *FS {
+	if opt.Logger == nil {
+		opt.Logger = slog.Default()
+	}
+	if opt.EntryTimeout <= 0 {
+		opt.EntryTimeout = time.Second
+	}
+	if opt.AttrTimeout <= 0 {
+		opt.AttrTimeout = time.Second
+	}
+	if opt.FsName == "" {
+		opt.FsName = "coffer"
+	}
+	f := &FS{vol: v, cat: v.Catalog, data: data, opt: opt, log: opt.Logger,
+		open: map[uint64]*openState{}, orphans: map[uint64]struct{}{}, userKEKs: map[uint32]keys.KEKRef{}}
+	f.root = &Node{fsys: f}
+	return f
+}
+
+// Root is the root directory's node (for tests and for NewNodeFS users).
+func (f *FS) Root() *Node { return f.root }
+
+// Mount reaps the inodes a previous run left with no links (unlinked while
+// open, then a crash), mounts the file system on mountpoint and returns once
+// the kernel has finished INIT, so the mount is usable when it returns. The
+// caller runs the data path's Recover before Mount, calls Wait on the
+// returned server, and Unmount to stop.
+func (f *FS) Mount(mountpoint string) (*fuse.Server, error) {
+	abs, err := filepath.Abs(mountpoint)
+	if err != nil {
+		return nil, err
+	}
+	if !f.opt.ReadOnly {
+		if err := f.ReapOrphans(context.Background()); err != nil {
+			return nil, err
+		}
+	}
+	sec := f.opt.EntryTimeout
+	attr := f.opt.AttrTimeout
+	mopts := []string{"default_permissions"}
+	if f.opt.ReadOnly {
+		mopts = append(mopts, "ro")
+	}
+	// go-fuse's own messages are warnings; its request trace (Debug) is
+	// logged at info so that asking for it is enough to see it.
+	logger := slog.NewLogLogger(f.log.Handler(), slog.LevelWarn)
+	trace := logger
+	if f.opt.Debug {
+		trace = slog.NewLogLogger(f.log.Handler(), slog.LevelInfo)
+	}
+	opts := &gofs.Options{
+		EntryTimeout:    &sec,
+		AttrTimeout:     &attr,
+		NegativeTimeout: &sec,
+		NullPermissions: true, // a stored mode 0000 stays 0000
+		RootStableAttr:  &gofs.StableAttr{Ino: meta.RootIno, Gen: 1},
+		Logger:          logger,
+		MountOptions: fuse.MountOptions{
+			AllowOther:    f.opt.AllowOther,
+			FsName:        f.opt.FsName,
+			Name:          "coffer",
+			MaxWrite:      maxWrite,
+			MaxBackground: maxBackground,
+			Options:       mopts,
+			// The kernel stops asking for security.capability before every
+			// write; this layer clears suid/sgid itself.
+			ExtraCapabilities: fuse.CAP_HANDLE_KILLPRIV_V2,
+			// Passthrough would let the kernel read a backing file itself:
+			// no decryption, no authentication. Never.
+			DisabledCapabilities: fuse.CAP_PASSTHROUGH,
+			EnableLocks:          false, // one host: the kernel's local locks suffice
+			DisableSplice:        true,  // replies are decrypted bytes in memory, never an fd
+			EnableSymlinkCaching: true,  // a symlink's target never changes
+			DirectMount:          os.Geteuid() == 0,
+			Debug:                f.opt.Debug,
+			Logger:               trace,
+		},
+	}
+	if f.opt.ReadOnly {
+		// mount(2) flags (direct mount); "ro" above covers fusermount3.
+		opts.DirectMountFlags = syscall.MS_NOSUID | syscall.MS_NODEV | syscall.MS_RDONLY
+	}
+	srv, err := gofs.Mount(abs, f.root, opts)
+	if err != nil {
+		return nil, fmt.Errorf("fuse mount: %w", err)
+	}
+	f.mu.Lock()
+	f.srv, f.mountpoint = srv, abs
+	f.mu.Unlock()
+	if err := raiseReadAhead(abs); err != nil {
+		f.log.Debug("could not raise read_ahead_kb", "mountpoint", abs, "err", err)
+	}
+	return srv, nil
+}
+
+// Unmount unmounts the file system. If it is busy (an open file or a working
+// directory inside), it detaches it lazily and returns ErrDetached.
+func (f *FS) Unmount() error {
+	f.mu.Lock()
+	srv, mp := f.srv, f.mountpoint
+	f.mu.Unlock()
+	if srv == nil {
+		return nil
+	}
+	err := srv.Unmount()
+	if err == nil {
+		f.forgetServer()
+		return nil
+	}
+	if !errors.Is(err, syscall.EBUSY) && !strings.Contains(err.Error(), "busy") {
+		return fmt.Errorf("unmount %s: %w", mp, err)
+	}
+	if derr := detach(mp); derr != nil {
+		return fmt.Errorf("unmount %s: busy, and lazy unmount failed: %w", mp, derr)
+	}
+	f.forgetServer()
+	f.log.Warn("mount point busy: detached lazily", "mountpoint", mp)
+	return ErrDetached
+}
+
+func (f *FS) forgetServer() {
+	f.mu.Lock()
+	f.srv, f.mountpoint = nil, ""
+	f.mu.Unlock()
+}
+
+// ClearDeadMount clears what a killed daemon left on mountpoint: a mount
+// whose every access fails with ENOTCONN, which would make a new mount fail.
+// Anything else (a live mount, a plain directory, a missing path) is left for
+// the mount itself to report.
+func ClearDeadMount(mountpoint string) error {
+	_, err := os.Stat(mountpoint)
+	if !errors.Is(err, syscall.ENOTCONN) {
+		return nil
+	}
+	if err := detach(mountpoint); err != nil {
+		return fmt.Errorf("clear dead mount on %s: %w", mountpoint, err)
+	}
+	return nil
+}
+
+// detach unmounts lazily: umount2(MNT_DETACH) as root, else fusermount3 -u -z.
+func detach(mp string) error {
+	if os.Geteuid() == 0 {
+		if err := syscall.Unmount(mp, syscall.MNT_DETACH); err == nil {
+			return nil
+		}
+	}
+	out, err := exec.Command("fusermount3", "-u", "-z", mp).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("fusermount3 -u -z: %v: %s", err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// raiseReadAhead sets the mount's bdi read_ahead_kb (root only; best
+// effort). The device number comes from /proc/self/mountinfo, so the serving
+// process never touches its own mount.
+func raiseReadAhead(mp string) error {
+	fh, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return err
+	}
+	defer fh.Close()
+	dev := ""
+	sc := bufio.NewScanner(fh)
+	for sc.Scan() {
+		// 36 35 0:45 / /mnt rw,... - fuse.coffer coffer rw,...
+		fields := strings.Fields(sc.Text())
+		if len(fields) > 4 && unescapeMountinfo(fields[4]) == mp {
+			dev = fields[2] // the last matching line is the top mount
+		}
+	}
+	if dev == "" {
+		return fmt.Errorf("%s not in /proc/self/mountinfo", mp)
+	}
+	return os.WriteFile("/sys/class/bdi/"+dev+"/read_ahead_kb", []byte(fmt.Sprint(readAheadKB)), 0)
+}
+
+// unescapeMountinfo undoes the octal escapes (\040 for a space...) of
+// /proc/self/mountinfo paths.
+func unescapeMountinfo(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			var c byte
+			ok := true
+			for _, d := range s[i+1 : i+4] {
+				if d < '0' || d > '7' {
+					ok = false
+					break
+				}
+				c = c*8 + byte(d-'0')
+			}
+			if ok {
+				b.WriteByte(c)
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+// ReapOrphans deletes every inode left with no links (its staged data, rows,
+// key record; objects go to the delete queue). Mount runs it before serving.
+func (f *FS) ReapOrphans(ctx context.Context) error {
+	inos, err := f.cat.Orphans(ctx)
+	if err != nil {
+		return fmt.Errorf("list orphaned inodes: %w", err)
+	}
+	for _, ino := range inos {
+		if err := f.reap(ctx, ino); err != nil {
+			return err
+		}
+	}
+	if len(inos) > 0 {
+		f.log.Info("reaped inodes left unlinked by an earlier run", "count", len(inos))
+	}
+	return nil
+}
+
+// InvalidateCaches drops the kernel's cached pages of every open file (after
+// `coffer lock` wiped the keys, plaintext must not stay in the page cache).
+// Call it from a goroutine that holds no lock of this package.
+func (f *FS) InvalidateCaches() {
+	f.openMu.Lock()
+	var nodes []*Node
+	for _, s := range f.open {
+		if n := s.node.Load(); n != nil {
+			nodes = append(nodes, n)
+		}
+	}
+	f.openMu.Unlock()
+	for _, n := range nodes {
+		n.NotifyContent(0, 0)
+	}
+}
