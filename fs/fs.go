@@ -228,7 +228,7 @@ func (f *FS) Unmount() error {
 	if !errors.Is(err, syscall.EBUSY) && !strings.Contains(err.Error(), "busy") {
 		return fmt.Errorf("unmount %s: %w", mp, err)
 	}
-	if derr := detach(mp); derr != nil {
+	if derr := Detach(mp); derr != nil {
 		return fmt.Errorf("unmount %s: busy, and lazy unmount failed: %w", mp, derr)
 	}
 	f.forgetServer()
@@ -251,14 +251,14 @@ func ClearDeadMount(mountpoint string) error {
 	if !errors.Is(err, syscall.ENOTCONN) {
 		return nil
 	}
-	if err := detach(mountpoint); err != nil {
+	if err := Detach(mountpoint); err != nil {
 		return fmt.Errorf("clear dead mount on %s: %w", mountpoint, err)
 	}
 	return nil
 }
 
-// detach unmounts lazily: umount2(MNT_DETACH) as root, else fusermount3 -u -z.
-func detach(mp string) error {
+// Detach unmounts lazily: umount2(MNT_DETACH) as root, else fusermount3 -u -z.
+func Detach(mp string) error {
 	if os.Geteuid() == 0 {
 		if err := syscall.Unmount(mp, syscall.MNT_DETACH); err == nil {
 			return nil

@@ -40,6 +40,9 @@ type mountConfig struct {
 	pinFile, passFile     string
 	cacheSize, stagingCap int64
 	unmountTimeout        time.Duration
+	syncTimeout           time.Duration // fsync gives up with EIO after this
+	readTimeout           time.Duration // one remote read gives up with EIO after this
+	stagingDir            string        // staged ciphertext (default STATE/staging)
 }
 
 func cmdMount(ctx context.Context, env *cliEnv, args []string) error {
@@ -54,6 +57,9 @@ func cmdMount(ctx context.Context, env *cliEnv, args []string) error {
 	cache := fl.String("cache-size", "256M", "plaintext block cache in memory")
 	staging := fl.String("staging-cap", "8G", "ciphertext staged locally before writes fail with ENOSPC")
 	fl.DurationVar(&mc.unmountTimeout, "unmount-timeout", time.Minute, "how long unmount waits for uploads before it gives up (data stays staged)")
+	fl.DurationVar(&mc.syncTimeout, "sync-timeout", time.Minute, "how long fsync waits for uploads before it fails with EIO (data stays staged)")
+	fl.DurationVar(&mc.readTimeout, "read-timeout", time.Minute, "how long a read waits for the remote before it fails with EIO")
+	fl.StringVar(&mc.stagingDir, "staging-dir", "", "where staged ciphertext is kept (default STATE/staging); it must survive reboots")
 	fl.BoolVar(&mc.child, "daemon-child", false, "internal: run as the background daemon")
 	pos, err := parseFlags(fl, args)
 	if err != nil {
@@ -76,6 +82,14 @@ func cmdMount(ctx context.Context, env *cliEnv, args []string) error {
 	}
 	if mc.mountpoint, err = filepath.Abs(pos[0]); err != nil {
 		return err
+	}
+	if mc.stagingDir == "" {
+		mc.stagingDir = filepath.Join(mc.state, "staging")
+	} else if mc.stagingDir, err = filepath.Abs(mc.stagingDir); err != nil {
+		return err
+	}
+	if mc.syncTimeout <= 0 || mc.readTimeout <= 0 || mc.unmountTimeout <= 0 {
+		return usageError{"--sync-timeout, --read-timeout and --unmount-timeout must be positive"}
 	}
 
 	if mc.child {
@@ -141,10 +155,8 @@ func checkMountpoint(ctx context.Context, mnt string) error {
 	// kill -9 it may not fail with ENOTCONN yet, so look it up rather than stat it.
 	if isCofferMount(mnt) {
 		slog.Warn("clearing a coffer mount left by a dead daemon", "mountpoint", mnt)
-		if err := unix.Unmount(mnt, unix.MNT_DETACH); err != nil {
-			if out, err := exec.Command("fusermount3", "-u", "-z", mnt).CombinedOutput(); err != nil {
-				return fmt.Errorf("clear dead mount on %s: %v: %s", mnt, err, strings.TrimSpace(string(out)))
-			}
+		if err := cofferfs.Detach(mnt); err != nil {
+			return fmt.Errorf("clear dead mount on %s: %w", mnt, err)
 		}
 	}
 	if err := cofferfs.ClearDeadMount(mnt); err != nil {
@@ -314,8 +326,8 @@ func runDaemon(parent context.Context, env *cliEnv, mc mountConfig, secret []byt
 		log.Info("keys wiped", "volume", hex.EncodeToString(v.ID[:]))
 	}
 	data, err := content.New(v, content.Options{
-		StagingDir: filepath.Join(mc.state, "staging"),
-		CacheBytes: mc.cacheSize, StagingCap: mc.stagingCap, Logger: log,
+		StagingDir: mc.stagingDir, CacheBytes: mc.cacheSize, StagingCap: mc.stagingCap,
+		SyncTimeout: mc.syncTimeout, ReadTimeout: mc.readTimeout, Logger: log,
 	})
 	if err != nil {
 		closeVolume()
