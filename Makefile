@@ -34,6 +34,7 @@ unit:
 
 vectors:
 	$(PYTHON) test/format/decode.py
+	$(PYTHON) test/format/decode_keys.py
 
 fuzz:
 	@set -e; log=$$(mktemp); for t in $(FUZZ); do \

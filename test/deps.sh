@@ -3,7 +3,7 @@
 # without prompting. Does nothing when everything is already there.
 set -euo pipefail
 
-pkgs=(fuse3 softhsm2 opensc openssh-server python3 python3-cryptography gcc libc6-dev make git)
+pkgs=(fuse3 softhsm2 opensc openssh-server python3 python3-cryptography python3-argon2 gcc libc6-dev make git)
 [ "${COFFER_BENCH:-}" = 1 ] && pkgs+=(gocryptfs)
 
 missing=()
