@@ -1,13 +1,13 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -18,19 +18,42 @@ import (
 	"time"
 )
 
-// The control socket lets `coffer unmount` and `coffer status MOUNTPOINT` talk to the daemon
-// serving a mountpoint. One socket per mount, mode 0600 in a 0700 folder; the peer's uid is
-// checked with SO_PEERCRED (root or the user who mounted). One JSON request per connection,
-// one JSON reply.
+// The control socket lets `coffer unmount`, `lock`, `unlock` and `status MOUNTPOINT` talk to
+// the daemon serving a mountpoint. One socket per mount, mode 0600 in a 0700 folder; the
+// peer's uid is checked with SO_PEERCRED (root or the user who mounted). One request per
+// connection: a JSON line, then (unlock only) the raw PIN or passphrase up to the client's
+// half-close, never inside the JSON (which would leave copies in decoder buffers); one JSON
+// reply.
 
 type ctlRequest struct {
-	Op string `json:"op"` // "status" | "unmount"
+	Op string `json:"op"` // "status" | "unmount" | "lock" | "unlock"
 }
+
+// maxSecret bounds the secret an unlock request may carry.
+const maxSecret = 4096
 
 type ctlReply struct {
 	OK     bool            `json:"ok"`
 	Error  string          `json:"error,omitempty"`
 	Status json.RawMessage `json:"status,omitempty"`
+	Took   string          `json:"took,omitempty"` // lock: how long the wipe took
+}
+
+// readLine reads up to and including '\n' one byte at a time, so that nothing after the
+// line (an unlock secret) lands in a buffer this function does not own.
+func readLine(r io.Reader, max int) ([]byte, error) {
+	var line []byte
+	b := make([]byte, 1)
+	for len(line) < max {
+		if _, err := io.ReadFull(r, b); err != nil {
+			return nil, err
+		}
+		if b[0] == '\n' {
+			return line, nil
+		}
+		line = append(line, b[0])
+	}
+	return nil, errors.New("request line too long")
 }
 
 // runtimeDir holds the control sockets.
@@ -57,6 +80,8 @@ type ctlServer struct {
 	owner   int
 	status  func() any
 	unmount func() error // asks the mount to go away; returns once the daemon has finished
+	lock    func() (time.Duration, error)
+	unlock  func(secret []byte) error
 	log     *slog.Logger
 	pending sync.WaitGroup // unmount replies not yet written
 }
@@ -116,12 +141,19 @@ func (s *ctlServer) handle(c *net.UnixConn) {
 		return
 	}
 	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	line, err := readLine(c, 1024)
 	var req ctlRequest
-	if err := json.NewDecoder(bufio.NewReader(c)).Decode(&req); err != nil {
+	if err == nil {
+		err = json.Unmarshal(line, &req)
+	}
+	if err != nil {
 		reply(ctlReply{Error: "bad request: " + err.Error()})
 		return
 	}
-	c.SetReadDeadline(time.Time{})
+	if (req.Op == "lock" || req.Op == "unlock") && (s.lock == nil || s.unlock == nil) {
+		reply(ctlReply{Error: "this daemon cannot lock or unlock"})
+		return
+	}
 	switch req.Op {
 	case "status":
 		b, err := json.Marshal(s.status())
@@ -134,6 +166,30 @@ func (s *ctlServer) handle(c *net.UnixConn) {
 		s.pending.Add(1)
 		defer s.pending.Done()
 		if err := s.unmount(); err != nil {
+			reply(ctlReply{Error: err.Error()})
+			return
+		}
+		reply(ctlReply{OK: true})
+	case "lock":
+		took, err := s.lock()
+		if err != nil {
+			reply(ctlReply{Error: err.Error()})
+			return
+		}
+		reply(ctlReply{OK: true, Took: took.String()})
+	case "unlock":
+		secret := make([]byte, maxSecret)
+		defer clear(secret)
+		n, err := io.ReadFull(c, secret)
+		if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
+			reply(ctlReply{Error: "read secret: " + err.Error()})
+			return
+		}
+		if n == 0 || n == maxSecret {
+			reply(ctlReply{Error: "unlock needs the PIN or passphrase (at most 4 KiB)"})
+			return
+		}
+		if err := s.unlock(secret[:n]); err != nil {
 			reply(ctlReply{Error: err.Error()})
 			return
 		}
@@ -163,6 +219,11 @@ func peerUID(c *net.UnixConn) (int, error) {
 
 // ctlCall sends one request to the daemon serving mountpoint and waits up to timeout.
 func ctlCall(ctx context.Context, mountpoint string, op string, timeout time.Duration) (ctlReply, error) {
+	return ctlCallSecret(ctx, mountpoint, op, nil, timeout)
+}
+
+// ctlCallSecret is ctlCall with a secret sent after the request line (unlock).
+func ctlCallSecret(ctx context.Context, mountpoint string, op string, secret []byte, timeout time.Duration) (ctlReply, error) {
 	abs, err := filepath.Abs(mountpoint)
 	if err != nil {
 		return ctlReply{}, err
@@ -179,6 +240,14 @@ func ctlCall(ctx context.Context, mountpoint string, op string, timeout time.Dur
 	c.SetDeadline(time.Now().Add(timeout))
 	if err := json.NewEncoder(c).Encode(ctlRequest{Op: op}); err != nil {
 		return ctlReply{}, fmt.Errorf("send %s request: %w", op, err)
+	}
+	if secret != nil {
+		if _, err := c.Write(secret); err != nil {
+			return ctlReply{}, fmt.Errorf("send %s request: %w", op, err)
+		}
+	}
+	if uc, ok := c.(*net.UnixConn); ok {
+		uc.CloseWrite()
 	}
 	var r ctlReply
 	if err := json.NewDecoder(c).Decode(&r); err != nil {

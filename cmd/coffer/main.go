@@ -29,6 +29,8 @@ var commands = map[string]command{
 	"status":  {"status (MOUNTPOINT | --state DIR) [--json]", cmdStatus},
 	"mount":   {"mount --state DIR MOUNTPOINT [--foreground] [--allow-other] [--read-only] [--cache-size N] [--staging-cap N]", cmdMount},
 	"unmount": {"unmount MOUNTPOINT", cmdUnmount},
+	"lock":    {"lock MOUNTPOINT", cmdLock},
+	"unlock":  {"unlock MOUNTPOINT [--hsm-pin-file F | --passphrase-file F]", cmdUnlock},
 	"audit":   {"audit --state DIR [--json] [--verify]", cmdAudit},
 }
 

@@ -214,6 +214,7 @@ type mountStatus struct {
 	Volume     string        `json:"volume"`
 	Remote     string        `json:"remote"`
 	Provider   string        `json:"provider"`
+	HSMToken   string        `json:"hsm_token,omitempty"`
 	KeyMode    string        `json:"key_mode"`
 	KEK        string        `json:"kek"`
 	Locked     bool          `json:"locked"`
@@ -222,8 +223,13 @@ type mountStatus struct {
 }
 
 func daemonStatus(v *volume.Volume, data *content.Store, mc mountConfig) mountStatus {
+	var token string
+	if mv, err := v.Catalog.Volume(context.Background()); err == nil {
+		token = mv.HSMToken
+	}
 	return mountStatus{
-		PID: os.Getpid(), Mountpoint: mc.mountpoint, State: mc.state, Volume: hex.EncodeToString(v.ID[:]),
+		HSMToken: token,
+		PID:      os.Getpid(), Mountpoint: mc.mountpoint, State: mc.state, Volume: hex.EncodeToString(v.ID[:]),
 		Remote: v.Remote, Provider: v.Kind, KeyMode: string(v.KeyMode), KEK: v.KEK.String(),
 		ReadOnly: mc.readOnly, Data: data.Stats(),
 	}
