@@ -13,6 +13,11 @@ type dataStore interface {
 	StagedBytes(ino uint64) int64
 	Truncate(ctx context.Context, ino uint64, size int64) error
 	Discard(ctx context.Context, ino uint64) error
+	// WipeKeys zeroes every key and cached plaintext the data path holds
+	// (coffer lock, after the volume's keyring is locked).
+	WipeKeys()
+	// Resume restarts uploads paused by a lock (after unlock).
+	Resume()
 }
 
 // dataFile is one open file of the data path, shared by every handle on the

@@ -11,11 +11,15 @@ import (
 )
 
 // newTestData is the real data path the tests mount over (staging in the
-// test's directory, uploads to the volume's local-folder remote).
-func newTestData(t *testing.T, v *volume.Volume, dir string) dataStore {
+// test's directory, uploads to the volume's local-folder remote). Dirty
+// chunks upload after dirtyDelay (0: 50 ms).
+func newTestData(t *testing.T, v *volume.Volume, dir string, dirtyDelay time.Duration) dataStore {
 	t.Helper()
+	if dirtyDelay == 0 {
+		dirtyDelay = 50 * time.Millisecond
+	}
 	s, err := content.New(v, content.Options{StagingDir: filepath.Join(dir, "staging"),
-		DirtyDelay: 50 * time.Millisecond, SyncTimeout: 10 * time.Second})
+		DirtyDelay: dirtyDelay, SyncTimeout: 10 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -98,6 +98,8 @@ func (f *FS) openFile(ctx context.Context, node *Node, ino uint64, flags uint32,
 		err = syscall.EINVAL
 	case in.Nlink == 0 && s.opens == 0:
 		err = syscall.ENOENT // unlinked and being reaped
+	case f.vol.Locked():
+		err = syscall.EKEYREVOKED // coffer lock: contents unreadable until unlock
 	}
 	var file dataFile
 	if err == nil {
@@ -138,6 +140,9 @@ func (n *Node) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, off in
 	h, ok := fh.(*handle)
 	if !ok {
 		return nil, syscall.EBADF
+	}
+	if n.fsys.vol.Locked() {
+		return nil, syscall.EKEYREVOKED
 	}
 	c := bg(ctx)
 	got, err := h.file.ReadAt(c, dest, off)
@@ -218,6 +223,9 @@ func (n *Node) Write(ctx context.Context, fh gofs.FileHandle, data []byte, off i
 	if !ok {
 		return 0, syscall.EBADF
 	}
+	if f.vol.Locked() {
+		return 0, syscall.EKEYREVOKED
+	}
 	c := bg(ctx)
 	f.clearPriv(c, h)
 	// The kernel sends absolute offsets, O_APPEND included.
@@ -242,6 +250,9 @@ func (n *Node) Flush(ctx context.Context, fh gofs.FileHandle) syscall.Errno {
 func (n *Node) Fsync(ctx context.Context, fh gofs.FileHandle, flags uint32) syscall.Errno {
 	f, c := n.fsys, bg(ctx)
 	if h, ok := fh.(*handle); ok {
+		if f.vol.Locked() {
+			return syscall.EKEYREVOKED // staged data cannot be uploaded until unlock
+		}
 		if err := h.file.Sync(c); err != nil {
 			return f.errno("fsync", h.ino, err)
 		}
@@ -288,6 +299,9 @@ func (n *Node) Allocate(ctx context.Context, fh gofs.FileHandle, off, size uint6
 	}
 	if off > 1<<62 || size > 1<<62 {
 		return syscall.EFBIG
+	}
+	if f.vol.Locked() {
+		return syscall.EKEYREVOKED
 	}
 	c := bg(ctx)
 	f.clearPriv(c, h)

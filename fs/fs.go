@@ -31,6 +31,11 @@
 //   - statfs reports 4 KiB blocks, the bytes used, and 1 PiB and 2^32 inodes
 //     free: a remote has no fixed size, and tools refuse a file system that
 //     reports none.
+//   - While the volume is locked (coffer lock, FS.Lock), opening a regular
+//     file, reading, writing, fallocate, truncate, fsync of a file and
+//     creating one fail with EKEYREVOKED ("Key has been revoked"), also
+//     through descriptors opened before, whose cached pages are dropped;
+//     names and attributes keep working. close(2) still succeeds.
 //   - Not supported: O_TMPFILE (EOPNOTSUPP; programs fall back to a named
 //     temporary file), and byte-range locks are the kernel's local ones.
 package fs
@@ -342,19 +347,104 @@ func (f *FS) ReapOrphans(ctx context.Context) error {
 	return nil
 }
 
-// InvalidateCaches drops the kernel's cached pages of every open file (after
-// `coffer lock` wiped the keys, plaintext must not stay in the page cache).
-// Call it from a goroutine that holds no lock of this package.
-func (f *FS) InvalidateCaches() {
+// InvalidateCaches drops the kernel's cached pages of every regular file
+// the kernel knows (after `coffer lock` wiped the keys, plaintext must not
+// stay in the page cache): open ones, and closed ones whose pages
+// FOPEN_KEEP_CACHE kept. It returns how many files it asked the kernel
+// about. Call it from a goroutine that holds no lock of this package and
+// is not serving a FUSE request (the kernel may wait for requests to end).
+func (f *FS) InvalidateCaches() int {
+	seen := map[uint64]bool{}
+	var nodes []*gofs.Inode
 	f.openMu.Lock()
-	var nodes []*Node
-	for _, s := range f.open {
-		if n := s.node.Load(); n != nil {
-			nodes = append(nodes, n)
+	for ino, s := range f.open {
+		if n := s.node.Load(); n != nil && !seen[ino] {
+			seen[ino] = true
+			nodes = append(nodes, &n.Inode)
 		}
 	}
 	f.openMu.Unlock()
+	// Every other inode the kernel holds a reference to is in go-fuse's
+	// tree under the root (one node per inode, hard links merged).
+	dirs := []*gofs.Inode{f.root.EmbeddedInode()}
+	visited := map[*gofs.Inode]bool{}
+	for len(dirs) > 0 {
+		d := dirs[len(dirs)-1]
+		dirs = dirs[:len(dirs)-1]
+		if visited[d] {
+			continue
+		}
+		visited[d] = true
+		for _, ch := range d.Children() {
+			switch {
+			case ch.IsDir():
+				dirs = append(dirs, ch)
+			case ch.Mode()&syscall.S_IFMT == syscall.S_IFREG:
+				if ino := ch.StableAttr().Ino; !seen[ino] {
+					seen[ino] = true
+					nodes = append(nodes, ch)
+				}
+			}
+		}
+	}
 	for _, n := range nodes {
 		n.NotifyContent(0, 0)
 	}
+	return len(nodes)
 }
+
+// invalidateTimeout bounds how long Lock waits for the kernel to drop
+// cached pages.
+const invalidateTimeout = 10 * time.Second
+
+// Lock is `coffer lock`: it locks the volume's keys (cached DEKs zeroed,
+// provider wiped: HSM sessions closed, passphrase keys zeroed), wipes every
+// key and cached plaintext block of the data path, and drops the kernel's
+// page cache of every file, in that order. From then on opening a regular
+// file, reading, writing, fallocate, truncate, fsync of a file and creating
+// one fail with EKEYREVOKED, also through descriptors opened before; names
+// and attributes keep working (ls, stat, mkdir, rename, unlink); staged
+// writes stay staged (ciphertext) and upload after Unlock. It returns how
+// long it took. The keys are wiped even when it returns an error (an HSM
+// that did not close in time, a kernel that did not drop its pages in
+// time). Call it from outside FUSE requests (the control socket). Locking
+// a locked file system wipes again and succeeds.
+func (f *FS) Lock() (time.Duration, error) {
+	start := time.Now()
+	var errs []error
+	if err := f.vol.Lock(); err != nil {
+		errs = append(errs, err)
+	}
+	f.data.WipeKeys()
+	// Plaintext lives in the page cache too. NotifyContent may block while
+	// the kernel waits for reads in progress (they fail fast now), so it
+	// runs on its own goroutine, bounded.
+	done := make(chan int, 1)
+	go func() { done <- f.InvalidateCaches() }()
+	select {
+	case n := <-done:
+		f.log.Info("volume locked: keys wiped, page cache dropped", "files", n, "took", time.Since(start))
+	case <-time.After(invalidateTimeout):
+		errs = append(errs, fmt.Errorf("lock: the kernel did not drop cached pages within %s", invalidateTimeout))
+		f.log.Error("volume locked, but the kernel did not drop cached pages in time", "timeout", invalidateTimeout)
+	}
+	return time.Since(start), errors.Join(errs...)
+}
+
+// Unlock is `coffer unlock`: it opens the volume's key provider again with
+// the PIN or passphrase in secret (not kept), exactly as mounting does, and
+// restarts the uploads that the lock paused. A wrong secret fails with the
+// same error as at mount (keys.ErrWrongPIN, keys.ErrWrongPassphrase) and
+// leaves the file system locked. Unlocking an unlocked file system does
+// nothing.
+func (f *FS) Unlock(ctx context.Context, secret []byte) error {
+	if err := f.vol.Unlock(ctx, secret); err != nil {
+		return err
+	}
+	f.data.Resume()
+	f.log.Info("volume unlocked")
+	return nil
+}
+
+// Locked reports whether the file system is locked (coffer lock).
+func (f *FS) Locked() bool { return f.vol.Locked() }

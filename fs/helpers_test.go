@@ -47,6 +47,8 @@ type mountConfig struct {
 	wrap func(dataStore) dataStore
 	// before runs on the open volume before mounting.
 	before func(*volume.Volume)
+	// dirtyDelay is the data path's idle time before an upload (0: 50 ms).
+	dirtyDelay time.Duration
 }
 
 // logBuffer collects log lines (to check that errors are logged).
@@ -105,7 +107,7 @@ func mountFS(t *testing.T, mc mountConfig) *mounted {
 func mountVolume(t *testing.T, v *volume.Volume, dir string, mc mountConfig) *mounted {
 	t.Helper()
 	m := &mounted{t: t, vol: v, log: &logBuffer{}}
-	m.data = newTestData(t, v, dir)
+	m.data = newTestData(t, v, dir, mc.dirtyDelay)
 	if mc.wrap != nil {
 		m.data = mc.wrap(m.data)
 	}

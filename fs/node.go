@@ -70,6 +70,10 @@ func (f *FS) errno(op string, ino uint64, err error) syscall.Errno {
 	if err == nil {
 		return 0
 	}
+	if errors.Is(err, keys.ErrLocked) { // coffer lock: not a failure
+		f.log.Debug("coffer: "+op+": the volume is locked", "ino", ino)
+		return syscall.EKEYREVOKED
+	}
 	e := meta.Errno(err) // an errno carried by err, EINTR for a context, else EIO
 	if e == syscall.EIO || e == syscall.ENOSPC || e == syscall.ENOMEM {
 		f.log.Error("coffer: "+op+" failed", "ino", ino, "errno", e.Error(), "err", err)
@@ -192,6 +196,19 @@ func (n *Node) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.SetAttr
 	}
 	kill := in.Valid&fuse.FATTR_KILL_SUIDGID != 0
 	size, hasSize := in.GetSize()
+	rekeys := ch.UID != nil && f.vol.PerUser && f.vol.KeyMode == keys.ModeWrap
+	if (hasSize || rekeys) && f.vol.Locked() {
+		// While locked, a truncate (it rewrites the block across the cut)
+		// and a chown that moves a file's key to another user's KEK need
+		// keys: refuse them before changing anything.
+		cur, err := f.cat.GetInode(c, ino)
+		if err != nil {
+			return f.errno("setattr", ino, err)
+		}
+		if cur.IsRegular() && (hasSize || *ch.UID != cur.UID) {
+			return syscall.EKEYREVOKED
+		}
+	}
 	if hasSize {
 		if size > math.MaxInt64 {
 			return syscall.EFBIG
@@ -343,6 +360,9 @@ func (n *Node) Create(ctx context.Context, name string, flags, mode uint32, out 
 	f, c := n.fsys, bg(ctx)
 	if f.opt.ReadOnly {
 		return nil, nil, 0, syscall.EROFS
+	}
+	if f.vol.Locked() {
+		return nil, nil, 0, syscall.EKEYREVOKED // a new file needs a new key
 	}
 	if e := checkName(name); e != 0 {
 		return nil, nil, 0, e

@@ -4,25 +4,51 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
+	"errors"
+	"sync"
 )
+
+// ErrLocked is returned by every key operation of a locked Keyring (coffer lock): the cached
+// DEKs were zeroed and the provider wiped (HSM sessions closed, passphrase keys zeroed) until
+// Unlock installs a freshly opened provider.
+var ErrLocked = errors.New("volume is locked: run coffer unlock")
+
+// errKeyringWiped is ErrWiped with a message saying why: the keyring was closed for good.
+var errKeyringWiped = Errorf(ErrWiped, "keys wiped: the volume was closed")
 
 // Keyring is the small facade the filesystem uses: one volume's provider plus a DEK cache.
 // Every DEK it returns is owned by the caller (Wipe it when the file closes); the cache keeps
 // its own copy.
+//
+// A keyring can be locked (Lock: every cached DEK zeroed, the provider wiped, every operation
+// failing with ErrLocked) and unlocked again with a new provider (Unlock). Operations hold a
+// read lock for their whole duration, provider call and cache update included, so Lock waits
+// for those in flight and none of them can put a key back into the cache after it.
 type Keyring struct {
-	p      Provider
 	volume [IDSize]byte
 	cache  *Cache // may be nil: no caching
+	guard  *guarded
+
+	mu     sync.RWMutex
+	p      Provider // nil while locked or wiped
+	kind   string
+	locked bool
+	wiped  bool
 }
 
 // NewKeyring binds a provider and an optional cache (nil: no caching) to a volume. The
-// keyring owns the cache from now on (Wipe closes it).
+// keyring owns the cache and the provider from now on (Wipe closes both).
 func NewKeyring(p Provider, volume [IDSize]byte, cache *Cache) *Keyring {
-	return &Keyring{p: p, volume: volume, cache: cache}
+	k := &Keyring{p: p, kind: p.Kind(), volume: volume, cache: cache}
+	k.guard = &guarded{k: k}
+	return k
 }
 
-// Provider returns the keyring's provider (for KEK management: create, load, destroy).
-func (k *Keyring) Provider() Provider { return k.p }
+// Provider returns a Provider that forwards to the keyring's current provider (for KEK
+// management: create, load, destroy). It stays valid across Lock and Unlock: while locked its
+// methods fail with ErrLocked; after Unlock they reach the new provider. Its Wipe locks the
+// keyring.
+func (k *Keyring) Provider() Provider { return k.guard }
 
 // Volume returns the volume id.
 func (k *Keyring) Volume() [IDSize]byte { return k.volume }
@@ -31,9 +57,36 @@ func (k *Keyring) identity(file [IDSize]byte) FileIdentity {
 	return FileIdentity{Volume: k.volume, File: file}
 }
 
+// acquire read-locks the keyring and returns its provider, or the error saying why there is
+// none. On success the caller must call k.mu.RUnlock.
+func (k *Keyring) acquire() (Provider, error) {
+	k.mu.RLock()
+	switch {
+	case k.wiped:
+		k.mu.RUnlock()
+		return nil, errKeyringWiped
+	case k.locked:
+		k.mu.RUnlock()
+		return nil, ErrLocked
+	}
+	return k.p, nil
+}
+
+// Locked reports whether the keyring is locked (or wiped for good).
+func (k *Keyring) Locked() bool {
+	k.mu.RLock()
+	defer k.mu.RUnlock()
+	return k.locked || k.wiped
+}
+
 // NewFileKey makes a key for a new file (see the package function) and caches it.
 func (k *Keyring) NewFileKey(ctx context.Context, mode Mode, kek KEKRef, file [IDSize]byte) (Record, *DEK, error) {
-	rec, dek, err := NewFileKey(ctx, k.p, mode, kek, k.identity(file))
+	p, err := k.acquire()
+	if err != nil {
+		return Record{}, nil, err
+	}
+	defer k.mu.RUnlock()
+	rec, dek, err := NewFileKey(ctx, p, mode, kek, k.identity(file))
 	if err != nil {
 		return Record{}, nil, err
 	}
@@ -46,6 +99,11 @@ func (k *Keyring) NewFileKey(ctx context.Context, mode Mode, kek KEKRef, file [I
 // FileKey returns the DEK of a file's record, from the cache when the cached key came from
 // the same record, else from the provider (and caches it).
 func (k *Keyring) FileKey(ctx context.Context, rec Record, file [IDSize]byte) (*DEK, error) {
+	p, err := k.acquire()
+	if err != nil {
+		return nil, err
+	}
+	defer k.mu.RUnlock()
 	fp := fingerprint(rec)
 	if k.cache != nil {
 		if d, tag, ok := k.cache.get(file); ok {
@@ -55,7 +113,7 @@ func (k *Keyring) FileKey(ctx context.Context, rec Record, file [IDSize]byte) (*
 			d.Wipe()
 		}
 	}
-	dek, err := OpenFileKey(ctx, k.p, rec, k.identity(file))
+	dek, err := OpenFileKey(ctx, p, rec, k.identity(file))
 	if err != nil {
 		return nil, err
 	}
@@ -67,7 +125,12 @@ func (k *Keyring) FileKey(ctx context.Context, rec Record, file [IDSize]byte) (*
 
 // Rewrap re-seals a file's wrap-mode record under KEK version to.
 func (k *Keyring) Rewrap(ctx context.Context, rec Record, file [IDSize]byte, to KEKRef) (Record, error) {
-	nrec, err := Rewrap(ctx, k.p, rec, k.identity(file), to)
+	p, err := k.acquire()
+	if err != nil {
+		return Record{}, err
+	}
+	defer k.mu.RUnlock()
+	nrec, err := Rewrap(ctx, p, rec, k.identity(file), to)
 	if err != nil {
 		return Record{}, err
 	}
@@ -98,14 +161,134 @@ func (k *Keyring) WipeCache() {
 	}
 }
 
-// Wipe zeroes every cached DEK, closes the cache and wipes the provider (coffer lock,
-// unmount, signals). The keyring is unusable afterwards.
+// Lock zeroes every cached DEK and wipes the provider (HSM sessions closed, passphrase keys
+// zeroed); from then on every operation fails with ErrLocked until Unlock. It waits for
+// operations in flight (an HSM round trip), never for more. DEKs already handed out belong to
+// their callers, who must wipe them too (the data path does: content.Store.WipeKeys). The
+// keyring is locked even when the provider's wipe reports an error (an HSM that did not close
+// in time), which Lock returns. Locking a locked keyring does nothing.
+func (k *Keyring) Lock() error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.locked || k.wiped {
+		return nil
+	}
+	k.locked = true
+	if k.cache != nil {
+		k.cache.Wipe()
+	}
+	p := k.p
+	k.p = nil
+	return p.Wipe()
+}
+
+// Unlock installs p, a freshly opened provider with every KEK version loaded, and ends the
+// lock. On a keyring that is not locked it replaces the provider (the old one is wiped); on a
+// wiped keyring it wipes p and fails with ErrWiped.
+func (k *Keyring) Unlock(p Provider) error {
+	if p == nil {
+		return errors.New("keys: unlock: no provider")
+	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.wiped {
+		_ = p.Wipe()
+		return errKeyringWiped
+	}
+	old := k.p
+	k.p, k.kind, k.locked = p, p.Kind(), false
+	if old != nil {
+		if k.cache != nil {
+			k.cache.Wipe() // keys from the old provider: no reason to trust them longer
+		}
+		return old.Wipe()
+	}
+	return nil
+}
+
+// Wipe zeroes every cached DEK, closes the cache and wipes the provider (unmount, signals).
+// The keyring is unusable afterwards: every operation fails with ErrWiped and Unlock too.
 func (k *Keyring) Wipe() error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
 	if k.cache != nil {
 		k.cache.Close()
 	}
-	return k.p.Wipe()
+	k.wiped = true
+	p := k.p
+	k.p = nil
+	if p == nil {
+		return nil
+	}
+	return p.Wipe()
 }
+
+// guarded is the Provider that Keyring.Provider returns: every call goes to the keyring's
+// current provider under its read lock.
+type guarded struct{ k *Keyring }
+
+func (g *guarded) Kind() string {
+	g.k.mu.RLock()
+	defer g.k.mu.RUnlock()
+	return g.k.kind
+}
+
+func (g *guarded) CreateKEK(ctx context.Context, ref KEKRef) ([]byte, error) {
+	p, err := g.k.acquire()
+	if err != nil {
+		return nil, err
+	}
+	defer g.k.mu.RUnlock()
+	return p.CreateKEK(ctx, ref)
+}
+
+func (g *guarded) Load(ref KEKRef, material []byte) error {
+	p, err := g.k.acquire()
+	if err != nil {
+		return err
+	}
+	defer g.k.mu.RUnlock()
+	return p.Load(ref, material)
+}
+
+func (g *guarded) Seal(ctx context.Context, ref KEKRef, iv, plaintext, aad []byte) ([]byte, error) {
+	p, err := g.k.acquire()
+	if err != nil {
+		return nil, err
+	}
+	defer g.k.mu.RUnlock()
+	return p.Seal(ctx, ref, iv, plaintext, aad)
+}
+
+func (g *guarded) Open(ctx context.Context, ref KEKRef, iv, ciphertext, aad []byte) ([]byte, error) {
+	p, err := g.k.acquire()
+	if err != nil {
+		return nil, err
+	}
+	defer g.k.mu.RUnlock()
+	return p.Open(ctx, ref, iv, ciphertext, aad)
+}
+
+func (g *guarded) MAC(ctx context.Context, ref KEKRef, msg []byte) ([]byte, error) {
+	p, err := g.k.acquire()
+	if err != nil {
+		return nil, err
+	}
+	defer g.k.mu.RUnlock()
+	return p.MAC(ctx, ref, msg)
+}
+
+func (g *guarded) DestroyKEK(ctx context.Context, ref KEKRef) error {
+	p, err := g.k.acquire()
+	if err != nil {
+		return err
+	}
+	defer g.k.mu.RUnlock()
+	return p.DestroyKEK(ctx, ref)
+}
+
+// Wipe locks the keyring (the provider behind it is wiped; Unlock installs another).
+func (g *guarded) Wipe() error { return g.k.Lock() }
 
 // fingerprint identifies a record's content (not secret): SHA-256 over its fields.
 func fingerprint(r Record) [MACSize]byte {

@@ -21,6 +21,7 @@ import (
 
 	cofferfs "coffer/fs"
 	"coffer/fs/content"
+	"coffer/fs/keyops"
 	"coffer/fs/meta"
 	"coffer/fs/volume"
 
@@ -318,8 +319,14 @@ func runDaemon(parent context.Context, env *cliEnv, mc mountConfig, secret []byt
 			log.Error("audit", "event", event, "err", err)
 		}
 	}
+	seal := func() {
+		if _, err := keyops.SealAudit(ctx, v.Catalog, v.Provider, v.ID, v.KEK); err != nil && !v.Locked() {
+			log.Error("seal audit log", "err", err)
+		}
+	}
 	closeVolume := func() {
 		audit("keys.wipe", "reason", "unmount")
+		seal()
 		if cerr := v.Close(ctx); cerr != nil {
 			log.Error("close volume", "err", cerr)
 		}
@@ -368,6 +375,22 @@ func runDaemon(parent context.Context, env *cliEnv, mc mountConfig, secret []byt
 		<-done
 		return result
 	}
+	ctl.lock = func() (time.Duration, error) {
+		took, err := fsys.Lock()
+		audit("lock", "took_us", took.Microseconds(), "ok", err == nil)
+		log.Warn("locked: every key wiped", "took", took, "err", err)
+		return took, err
+	}
+	ctl.unlock = func(secret []byte) error {
+		if err := fsys.Unlock(ctx, secret); err != nil {
+			audit("unlock.failed", "error", err.Error())
+			return err
+		}
+		data.Resume()
+		audit("unlock")
+		log.Warn("unlocked")
+		return nil
+	}
 	go ctl.serve()
 
 	sigs := make(chan os.Signal, 2)
@@ -385,6 +408,7 @@ func runDaemon(parent context.Context, env *cliEnv, mc mountConfig, secret []byt
 	}()
 
 	audit("mount", "read_only", mc.readOnly)
+	seal()
 	log.Info("serving", "mountpoint", mc.mountpoint, "volume", hex.EncodeToString(v.ID[:]), "remote", v.Remote)
 	signalReady(nil)
 	srv.Wait()

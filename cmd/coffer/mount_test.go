@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -177,4 +178,68 @@ func TestMountErrors(t *testing.T) {
 	r.oneErrorLine(t, "open volume")
 	r = coffer(t, nil, "mount", "--state", state, mnt)
 	r.oneErrorLine(t, "COFFER_PASSPHRASE")
+}
+
+func TestLockUnlock(t *testing.T) {
+	state, mnt, env := passVolume(t)
+	if r := coffer(t, env, "mount", "--state", state, mnt); r.code != 0 {
+		t.Fatalf("mount: %s", r.stderr)
+	}
+	p := filepath.Join(mnt, "secret.txt")
+	want := "contents that must become unreadable\n"
+	if err := os.WriteFile(p, []byte(want), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(p) // opened before the lock
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if b, _ := os.ReadFile(p); string(b) != want { // now in the page cache too
+		t.Fatalf("read %q", b)
+	}
+
+	r := coffer(t, nil, "lock", mnt)
+	if r.code != 0 || !strings.Contains(r.stdout, "every key wiped") {
+		t.Fatalf("lock (%d): %s %s", r.code, r.stdout, r.stderr)
+	}
+	if _, err := os.ReadFile(p); !errors.Is(err, syscall.EKEYREVOKED) {
+		t.Errorf("read after lock: %v, want EKEYREVOKED", err)
+	}
+	buf := make([]byte, 16)
+	if _, err := f.ReadAt(buf, 0); !errors.Is(err, syscall.EKEYREVOKED) {
+		t.Errorf("read through a descriptor opened before the lock: %v, want EKEYREVOKED", err)
+	}
+	if _, err := os.Stat(p); err != nil {
+		t.Errorf("stat while locked: %v", err)
+	}
+	r = coffer(t, nil, "status", mnt, "--json")
+	if !strings.Contains(r.stdout, `"locked": true`) {
+		t.Errorf("status while locked: %s", r.stdout)
+	}
+	r = coffer(t, []string{"COFFER_PASSPHRASE=wrong"}, "unlock", mnt)
+	r.oneErrorLine(t, "wrong passphrase")
+	if _, err := os.ReadFile(p); !errors.Is(err, syscall.EKEYREVOKED) {
+		t.Errorf("read after a failed unlock: %v", err)
+	}
+	if r = coffer(t, env, "unlock", mnt); r.code != 0 {
+		t.Fatalf("unlock: %s", r.stderr)
+	}
+	if b, err := os.ReadFile(p); err != nil || string(b) != want {
+		t.Fatalf("read after unlock: %q, %v", b, err)
+	}
+	f.Close()
+	if r = coffer(t, nil, "unmount", mnt); r.code != 0 {
+		t.Fatalf("unmount: %s", r.stderr)
+	}
+	r = coffer(t, nil, "audit", "--state", state)
+	for _, ev := range []string{" lock ", " unlock.failed ", " unlock ", " keys.wipe "} {
+		if !strings.Contains(r.stdout, ev) {
+			t.Errorf("audit lacks %q:\n%s", ev, r.stdout)
+		}
+	}
+	r = coffer(t, env, "audit", "--state", state, "--verify")
+	if r.code != 0 || !strings.Contains(r.stdout, "MACs verified") {
+		t.Errorf("audit --verify: %s %s", r.stdout, r.stderr)
+	}
 }

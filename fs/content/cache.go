@@ -2,6 +2,7 @@ package content
 
 import (
 	"container/list"
+	"errors"
 	"sync"
 	"sync/atomic"
 
@@ -21,11 +22,24 @@ const cacheShards = 16
 // shards so that readers of different blocks rarely meet on a lock. It also
 // tracks fetches in flight, so that a read waits for a prefetch of the same
 // block instead of fetching it twice.
+//
+// Blocks are handed out by reference (no copy on the hot path). So that
+// wipe can zero them while the store runs (coffer lock), a caller takes gen
+// before it looks blocks up and copies out of them only inside use(gen),
+// which fails with errPlainWiped if a wipe came in between; wipe waits for
+// copies in progress.
 type blockCache struct {
 	shardCap int64
 	bytes    atomic.Int64
 	shards   [cacheShards]cacheShard
+
+	gen     atomic.Uint64 // bumped when wipe starts and when it ends: odd while it runs
+	plainMu sync.RWMutex  // held shared while callers copy plaintext out; wipe takes it
 }
+
+// errPlainWiped: the plaintext blocks a caller looked up were zeroed by a
+// wipe before it could copy them out.
+var errPlainWiped = errors.New("cached plaintext was wiped (coffer lock)")
 
 type cacheShard struct {
 	mu      sync.Mutex
@@ -106,8 +120,10 @@ func (c *blockCache) finish(k blockKey) {
 }
 
 // put caches data (which the cache now owns) under k, evicting the least
-// recently used blocks of the shard beyond its share of the cap.
-func (c *blockCache) put(k blockKey, data []byte) {
+// recently used blocks of the shard beyond its share of the cap. gen is the
+// generation the caller took before decrypting data: after a wipe the block
+// is not cached (the caller's use(gen) fails too).
+func (c *blockCache) put(k blockKey, data []byte, gen uint64) {
 	sz := int64(len(data)) + entryOverhead
 	if sz > c.shardCap {
 		return
@@ -115,6 +131,9 @@ func (c *blockCache) put(k blockKey, data []byte) {
 	s := c.shard(k)
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if keysMoved(&c.gen, gen) {
+		return
+	}
 	if e, ok := s.m[k]; ok {
 		s.lru.MoveToFront(e)
 		return
@@ -131,6 +150,30 @@ func (c *blockCache) put(k blockKey, data []byte) {
 		s.size -= n
 		c.bytes.Add(-n)
 	}
+}
+
+// use runs f, which copies plaintext out of blocks looked up since gen was
+// taken, unless a wipe zeroed them meanwhile (errPlainWiped). f must not
+// take other locks that wipe's callers could hold.
+func (c *blockCache) use(gen uint64, f func() error) error {
+	c.plainMu.RLock()
+	defer c.plainMu.RUnlock()
+	if keysMoved(&c.gen, gen) {
+		return errPlainWiped
+	}
+	return f()
+}
+
+// wipe zeroes and drops every cached block while the store runs: it waits
+// for copies in progress (use) and makes later ones fail.
+func (c *blockCache) wipe() {
+	c.plainMu.Lock()
+	defer c.plainMu.Unlock()
+	// A lookup during the wipe may still find a block about to be zeroed:
+	// its caller took an odd or older gen, so its use fails.
+	c.gen.Add(1)
+	c.reset(true)
+	c.gen.Add(1)
 }
 
 // reset empties the cache. With zero (Close, once nothing runs) the

@@ -3,6 +3,7 @@ package content
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -10,6 +11,7 @@ import (
 
 	"coffer/crypto/format"
 	"coffer/fs/meta"
+	"coffer/keys"
 )
 
 // chunk is the in-memory state of one chunk of an open file: the committed
@@ -61,6 +63,7 @@ func (f *File) cipherFor(ctx context.Context, b *baseObj) (*format.Cipher, error
 	if c := b.cipher.Load(); c != nil {
 		return c, nil
 	}
+	kgen := f.keyGen.Load()
 	dek, err := f.dekFor(ctx, b.row.KeyVersion)
 	if err != nil {
 		return nil, err
@@ -76,7 +79,14 @@ func (f *File) cipherFor(ctx context.Context, b *baseObj) (*format.Cipher, error
 	}
 	if !b.cipher.CompareAndSwap(nil, c) {
 		c.Wipe()
-		return b.cipher.Load(), nil
+		c = b.cipher.Load()
+	}
+	if c == nil || keysMoved(&f.keyGen, kgen) {
+		// WipeKeys ran meanwhile and may have missed it: take it back.
+		if c != nil && b.cipher.CompareAndSwap(c, nil) {
+			c.Wipe()
+		}
+		return nil, fmt.Errorf("object %s: cipher: %w", b.name(), keys.ErrWiped)
 	}
 	return c, nil
 }
@@ -158,6 +168,9 @@ func (c *chunk) assemble(dst []byte, in int64, got map[int64][]byte) error {
 				plain = make([]byte, 0, B)
 			}
 			p, err := c.stg.readBlock(plain[:0], b)
+			if err != nil && keyGone(err) {
+				return fmt.Errorf("read inode %d chunk %d: staged block %d: %w", f.ino, c.idx, b, err)
+			}
 			if err != nil {
 				f.s.log.Error("content: cannot read a staged block (local staging file damaged)",
 					"staging", c.stg.name, "ino", f.ino, "chunk", c.idx, "block", b, "err", err)
@@ -191,6 +204,7 @@ func (f *File) readChunk(ctx context.Context, c *chunk, in int64, dst []byte) er
 	}
 	first, last := in/B, (in+int64(len(dst))-1)/B
 	for attempt := 0; ; attempt++ {
+		pgen := s.cache.gen.Load() // before looking blocks up (see blockCache.use)
 		c.mu.RLock()
 		base := c.base
 		var need []int64
@@ -204,6 +218,9 @@ func (f *File) readChunk(ctx context.Context, c *chunk, in int64, dst []byte) er
 		if len(need) == 0 {
 			err := c.assemble(dst, in, nil)
 			c.mu.RUnlock()
+			if err != nil && keyGone(err) && !s.keys.Locked() && attempt < 8 {
+				continue // WipeKeys without a lock: the key comes back through the keyring
+			}
 			return err
 		}
 		c.mu.RUnlock()
@@ -212,7 +229,7 @@ func (f *File) readChunk(ctx context.Context, c *chunk, in int64, dst []byte) er
 		c.mu.RLock()
 		changed := c.base != base
 		if err == nil && !changed {
-			err = c.assemble(dst, in, got)
+			err = s.cache.use(pgen, func() error { return c.assemble(dst, in, got) })
 			c.mu.RUnlock()
 			if errors.Is(err, errMissingBlock) {
 				if attempt < 8 {
@@ -220,11 +237,17 @@ func (f *File) readChunk(ctx context.Context, c *chunk, in int64, dst []byte) er
 				}
 				return ioErr(ctx, err, "read inode %d chunk %d", f.ino, c.idx)
 			}
+			if err != nil && keyGone(err) && !s.keys.Locked() && attempt < 8 {
+				continue
+			}
 			return err
 		}
 		c.mu.RUnlock()
 		if changed && attempt < 8 {
 			continue // an upload replaced the object meanwhile (and may have deleted the old one)
+		}
+		if err != nil && keyGone(err) && !s.keys.Locked() && attempt < 8 {
+			continue // a key wiped under the fetch (WipeKeys, or a commit): open it again
 		}
 		return s.readFailed(ctx, f, c.idx, base, err)
 	}
@@ -239,6 +262,9 @@ func (c *chunk) oldBlock(ctx context.Context, b int64, plain []byte) error {
 	switch {
 	case c.stg != nil && c.stg.has(b):
 		p, err := c.stg.readBlock(plain[:0], b)
+		if err != nil && keyGone(err) {
+			return fmt.Errorf("write inode %d chunk %d: staged block %d: %w", f.ino, c.idx, b, err)
+		}
 		if err != nil {
 			s.log.Error("content: cannot read a staged block (local staging file damaged)",
 				"staging", c.stg.name, "ino", f.ino, "chunk", c.idx, "block", b, "err", err)
@@ -248,14 +274,18 @@ func (c *chunk) oldBlock(ctx context.Context, b int64, plain []byte) error {
 			return errnof(syscall.EIO, "write inode %d chunk %d: staged block %d has %d bytes", f.ino, c.idx, b, len(p))
 		}
 	case c.base != nil && b*B < c.baseLimit:
+		pgen := s.cache.gen.Load()
 		got, err := s.loadBlocks(ctx, f, c.base, []int64{b})
 		if err != nil {
 			return s.readFailed(ctx, f, c.idx, c.base, err)
 		}
-		blk := got[b]
-		v := min(int64(len(blk)), c.baseLimit-b*B)
-		n := copy(plain, blk[:v])
-		clear(plain[n:])
+		return s.cache.use(pgen, func() error {
+			blk := got[b]
+			v := min(int64(len(blk)), c.baseLimit-b*B)
+			n := copy(plain, blk[:v])
+			clear(plain[n:])
+			return nil
+		})
 	default:
 		clear(plain)
 	}
@@ -365,16 +395,10 @@ func (f *File) cutChunk(ctx context.Context, c *chunk, in int64) error {
 		return err
 	}
 	changed := false
+	// What needs the file's key comes first (rewriting the block across
+	// the cut, creating a staging file), so that a failure there (coffer
+	// lock, a full disk) leaves the chunk as it was.
 	if c.stg != nil {
-		for b := (in + B - 1) / B; b < s.layout.BlocksPerChunk(); b++ {
-			if c.stg.has(b) {
-				if err := c.stg.clearBlock(b); err != nil {
-					return localErr(err, "truncate inode %d chunk %d: staging file", f.ino, c.idx)
-				}
-				s.staged.Add(-s.slot)
-				changed = true
-			}
-		}
 		if b := in / B; in%B != 0 && c.stg.has(b) {
 			bp := getSlotBuf(B)
 			defer putSlotBuf(bp)
@@ -390,10 +414,17 @@ func (f *File) cutChunk(ctx context.Context, c *chunk, in int64) error {
 			}
 			changed = true
 		}
+		for b := (in + B - 1) / B; b < s.layout.BlocksPerChunk(); b++ {
+			if c.stg.has(b) {
+				if err := c.stg.clearBlock(b); err != nil {
+					return localErr(err, "truncate inode %d chunk %d: staging file", f.ino, c.idx)
+				}
+				s.staged.Add(-s.slot)
+				changed = true
+			}
+		}
 	}
 	if c.base != nil && c.baseLimit > in {
-		c.baseLimit = in
-		changed = true
 		if c.stg == nil {
 			// The object still holds bytes past the cut: a staging file
 			// (even with no blocks) records the cut and gets the chunk
@@ -405,6 +436,8 @@ func (f *File) cutChunk(ctx context.Context, c *chunk, in int64) error {
 			c.stg = st
 			f.dirtyChunks.Add(1)
 		}
+		c.baseLimit = in
+		changed = true
 	}
 	c.cut = min(c.cut, in)
 	if c.stg != nil {

@@ -499,8 +499,8 @@ func mapKeys(m map[string]bool) []string {
 var _ sync.Mutex
 
 // TestWipeKeys: coffer lock wipes every key and cached plaintext the data
-// path holds; while the keyring is unusable reads, writes and fsync fail
-// with EIO and staged data stays; keys come back through the keyring.
+// path holds; while the keyring is locked reads, writes and fsync fail
+// with EKEYREVOKED and staged data stays; keys come back through the keyring.
 func TestWipeKeys(t *testing.T) {
 	e := newEnv(t, "local", smallLayout, Options{DirtyDelay: time.Hour, SyncTimeout: 300 * time.Millisecond})
 	ino := e.createFile("f")
@@ -520,15 +520,17 @@ func TestWipeKeys(t *testing.T) {
 	// The keyring still works here: keys are re-opened on use.
 	mustEqual(t, e.read(f, 0, 40000), data, "after WipeKeys")
 
-	// Now the keyring itself is wiped (locked).
-	e.v.Keys.Wipe()
+	// Now the keyring itself is locked.
+	if err := e.v.Lock(); err != nil {
+		t.Fatal(err)
+	}
 	e.s.WipeKeys()
 	buf := make([]byte, 100)
 	_, err := f.ReadAt(e.ctx, buf, 0)
-	wantErrno(t, err, syscall.EIO, "read while locked")
+	wantErrno(t, err, syscall.EKEYREVOKED, "read while locked")
 	_, err = f.WriteAt(e.ctx, buf, 20000)
-	wantErrno(t, err, syscall.EIO, "write while locked")
-	wantErrno(t, f.Sync(e.ctx), syscall.EIO, "fsync while locked")
+	wantErrno(t, err, syscall.EKEYREVOKED, "write while locked")
+	wantErrno(t, f.Sync(e.ctx), syscall.EKEYREVOKED, "fsync while locked")
 	if st := e.s.Stats(); st.DirtyChunks != 1 || st.CachedKeys != 0 {
 		t.Fatalf("while locked: %+v", st)
 	}

@@ -24,6 +24,17 @@
 // survives crashes and unmounts and is uploaded by Recover at the next
 // mount.
 //
+// coffer lock (WipeKeys, after the volume's keyring is locked) zeroes every
+// DEK the data path holds, drops every object cipher and staging key built
+// from them, and zeroes the plaintext block cache, while everything keeps
+// running. Reads, writes, fallocate and truncate then fail with
+// EKEYREVOKED, also through files opened before, and so does fsync when
+// something is staged; staged data stays staged (ciphertext) and its
+// uploads pause without counting as failures until Resume after unlock.
+// Whoever builds a key object or copies cached plaintext checks a wipe
+// generation afterwards (File.keyGen, blockCache.gen), so nothing built
+// or copied concurrently with the wipe survives it or reads zeros.
+//
 // Locking is per file and per chunk; there is no global lock on the data
 // path.
 package content

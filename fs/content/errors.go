@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"syscall"
 
+	"coffer/crypto/format"
 	"coffer/fs/meta"
+	"coffer/keys"
 )
 
 // Error is what the data path returns: the errno for the kernel and the
@@ -35,11 +37,14 @@ func (e *Error) Unwrap() []error {
 }
 
 // Errno maps an error from this package (or any error) to the errno the
-// kernel should see: the errno it carries, EINTR for a cancelled context,
-// EIO otherwise; 0 for nil.
+// kernel should see: EKEYREVOKED for locked keys (keys.ErrLocked), else the
+// errno it carries, EINTR for a cancelled context, EIO otherwise; 0 for nil.
 func Errno(err error) syscall.Errno {
 	if err == nil {
 		return 0
+	}
+	if errors.Is(err, keys.ErrLocked) {
+		return syscall.EKEYREVOKED
 	}
 	var e syscall.Errno
 	if errors.As(err, &e) {
@@ -49,6 +54,37 @@ func Errno(err error) syscall.Errno {
 		return syscall.EINTR
 	}
 	return syscall.EIO
+}
+
+// errLocked is the error of anything that needs a file key while the
+// volume is locked (coffer lock): EKEYREVOKED, matching keys.ErrLocked.
+func errLocked(format string, a ...any) error {
+	return &Error{Errno: syscall.EKEYREVOKED, Op: fmt.Sprintf(format, a...), Err: keys.ErrLocked}
+}
+
+// keyGone reports whether err says a key or cached plaintext is not there
+// any more: locked, or wiped by WipeKeys (or by a commit replacing a
+// chunk's object).
+func keyGone(err error) bool {
+	return errors.Is(err, keys.ErrLocked) || errors.Is(err, keys.ErrWiped) ||
+		errors.Is(err, format.ErrWiped) || errors.Is(err, errPlainWiped)
+}
+
+// keyLocked reports whether err comes from coffer lock: keys.ErrLocked, or
+// a key wiped by WipeKeys while the keyring is locked (so it cannot be
+// opened again).
+func (s *Store) keyLocked(err error) bool {
+	if errors.Is(err, keys.ErrLocked) {
+		return true
+	}
+	return keyGone(err) && s.keys.Locked()
+}
+
+// lockedDuring is keyLocked for an operation that started when WipeKeys
+// had run w times: a key it was using wiped by a lock that has already
+// been lifted counts too (the operation raced with lock and unlock).
+func (s *Store) lockedDuring(err error, w uint64) bool {
+	return s.keyLocked(err) || keyGone(err) && (w%2 == 1 || s.wipes.Load() != w)
 }
 
 func errnof(errno syscall.Errno, format string, a ...any) error {

@@ -7,7 +7,6 @@ import (
 	"io"
 
 	"coffer/crypto/format"
-	"coffer/keys"
 	"coffer/remote"
 )
 
@@ -73,6 +72,7 @@ func (s *Store) fetch(ctx context.Context, f *File, b *baseObj, first, last int6
 	if err != nil {
 		return fmt.Errorf("object %s: %w", b.name(), err)
 	}
+	gen := s.cache.gen.Load() // before decrypting: a wipe after it keeps these blocks out
 	ciph, err := f.cipherFor(ctx, b)
 	if err != nil {
 		return err
@@ -99,7 +99,7 @@ func (s *Store) fetch(ctx context.Context, f *File, b *baseObj, first, last int6
 		}
 		ct = ct[sb:]
 		out[i] = pt
-		s.cache.put(blockKey{b.id, i}, pt)
+		s.cache.put(blockKey{b.id, i}, pt, gen)
 	}
 	return nil
 }
@@ -110,6 +110,9 @@ func (s *Store) fetch(ctx context.Context, f *File, b *baseObj, first, last int6
 func (s *Store) readFailed(ctx context.Context, f *File, chunk int64, b *baseObj, err error) error {
 	if ctx.Err() != nil && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
 		return ioErr(ctx, err, "read inode %d chunk %d", f.ino, chunk)
+	}
+	if s.keyLocked(err) {
+		return errLocked("read inode %d chunk %d", f.ino, chunk) // coffer lock: nothing wrong with the object
 	}
 	obj := "(none)"
 	if b != nil {
@@ -125,7 +128,7 @@ func (s *Store) readFailed(ctx context.Context, f *File, chunk int64, b *baseObj
 	case errors.Is(err, io.ErrUnexpectedEOF) && !remote.IsTransient(err):
 		s.log.Error("content: chunk object is shorter than the catalog says (truncated)",
 			"object", obj, "ino", f.ino, "chunk", chunk, "err", err)
-	case errors.Is(err, keys.ErrWiped) || errors.Is(err, format.ErrWiped):
+	case keyGone(err):
 		s.log.Warn("content: read after the file's keys were wiped", "object", obj, "ino", f.ino, "chunk", chunk)
 	default:
 		s.log.Error("content: cannot read chunk object from the remote",

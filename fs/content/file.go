@@ -16,6 +16,8 @@ import (
 // keyring is what the data path needs of keys.Keyring.
 type keyring interface {
 	FileKey(ctx context.Context, rec keys.Record, file [keys.IDSize]byte) (*keys.DEK, error)
+	// Locked reports coffer lock: FileKey fails with keys.ErrLocked.
+	Locked() bool
 }
 
 // File is the content of one regular file, shared by all its open handles
@@ -58,6 +60,14 @@ type File struct {
 	dek     *keys.DEK            // current key record's DEK; nil after WipeKeys
 	oldDEKs map[uint32]*keys.DEK // derive mode: DEKs of older key versions still used by chunks
 	freed   bool                 // keys wiped for good
+	// keyGen is bumped by wipeKeys when it starts and when it ends (odd
+	// while one runs; wipeMu serializes them). Whoever builds a DEK, cipher
+	// or box reads it first and checks, after publishing the result, that
+	// it was even and has not moved: a wipe that started later will find
+	// the result, and one that overlapped is detected and the result taken
+	// back. So nothing built concurrently with a wipe survives it.
+	keyGen atomic.Uint64
+	wipeMu sync.Mutex
 
 	dirtyChunks atomic.Int64
 	discarded   atomic.Bool
@@ -97,15 +107,25 @@ func (f *File) load(ctx context.Context) error {
 	f.id = format.ID(in.FileID)
 	f.rec = keys.Record{Mode: keys.Mode(kr.Mode), KEK: keys.KEKRef{Chain: kr.Chain, Version: kr.Version},
 		IV: kr.IV, Wrapped: kr.Wrapped, Salt: kr.Salt}
+	kgen := f.keyGen.Load()
 	dek, err := s.keys.FileKey(ctx, f.rec, f.id)
 	if err != nil {
+		if s.keyLocked(err) {
+			return errLocked("open inode %d", f.ino)
+		}
 		if ctx.Err() == nil {
 			s.log.Error("content: cannot open the file's key (tampered or moved key record, or a missing KEK version)",
 				"ino", f.ino, "kek", f.rec.KEK.String(), "err", err)
 		}
 		return ioErr(ctx, err, "open inode %d: file key", f.ino)
 	}
-	f.dek = dek
+	f.keyMu.Lock()
+	if !keysMoved(&f.keyGen, kgen) {
+		f.dek = dek
+	} else {
+		dek.Wipe() // WipeKeys ran meanwhile: the key is opened again on first use
+	}
+	f.keyMu.Unlock()
 	f.size.Store(in.Size)
 	f.mtime.Store(in.Mtime)
 	f.floor = in.Size
@@ -180,6 +200,10 @@ func (f *File) wipe() {
 // wipeKeys zeroes the file's DEKs and drops every cipher and staging box
 // built from them; they are rebuilt on next use unless the File is freed.
 func (f *File) wipeKeys() {
+	f.wipeMu.Lock()
+	defer f.wipeMu.Unlock()
+	f.keyGen.Add(1)
+	defer f.keyGen.Add(1)
 	f.cmu.Lock()
 	for _, c := range f.chunks {
 		c.mu.RLock()
@@ -200,6 +224,13 @@ func (f *File) wipeKeys() {
 		delete(f.oldDEKs, v)
 	}
 	f.keyMu.Unlock()
+}
+
+// keysMoved reports whether a wipe overlapped the time since gen was read
+// from g, a counter bumped when a wipe starts and when it ends (File.keyGen,
+// blockCache.gen).
+func keysMoved(g *atomic.Uint64, gen uint64) bool {
+	return gen%2 == 1 || g.Load() != gen
 }
 
 // Size is the file's current size.
@@ -290,7 +321,8 @@ func (f *File) dirtyTargets() []syncTarget {
 // Sync is fsync: it returns once every change to the file made before the
 // call is on the remote and the catalog has committed durably. If the
 // remote cannot be reached it fails with EIO after Options.SyncTimeout,
-// and the data stays staged.
+// and the data stays staged. While the volume is locked it fails at once
+// with EKEYREVOKED if anything is staged (uploads wait for unlock).
 func (f *File) Sync(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, f.s.opt.SyncTimeout)
 	defer cancel()
@@ -334,8 +366,18 @@ func (f *File) checkLive() error {
 }
 
 // ReadAt reads len(dst) bytes at off. It returns fewer only at the end of
-// the file. Errors carry an errno (EIO for remote or integrity failures).
+// the file. Errors carry an errno (EIO for remote or integrity failures,
+// EKEYREVOKED while the volume is locked).
 func (f *File) ReadAt(ctx context.Context, dst []byte, off int64) (int, error) {
+	w := f.s.wipes.Load()
+	n, err := f.readAt(ctx, dst, off)
+	if err != nil && f.s.lockedDuring(err, w) {
+		err = errLocked("read inode %d", f.ino)
+	}
+	return n, err
+}
+
+func (f *File) readAt(ctx context.Context, dst []byte, off int64) (int, error) {
 	if off < 0 {
 		return 0, errnof(syscall.EINVAL, "read inode %d at negative offset %d", f.ino, off)
 	}
@@ -367,8 +409,21 @@ func (f *File) ReadAt(ctx context.Context, dst []byte, off int64) (int, error) {
 
 // WriteAt writes p at off into staging. It fails with ENOSPC when the
 // staging area is at its cap (a write spanning chunks may then have written
-// a prefix, whose length it returns). It updates size and mtime in memory.
+// a prefix, whose length it returns), and with EKEYREVOKED while the volume
+// is locked. It updates size and mtime in memory.
 func (f *File) WriteAt(ctx context.Context, p []byte, off int64) (int, error) {
+	w := f.s.wipes.Load()
+	n, err := f.writeAt(ctx, p, off)
+	if err != nil && f.s.lockedDuring(err, w) {
+		err = errLocked("write inode %d", f.ino)
+	}
+	return n, err
+}
+
+func (f *File) writeAt(ctx context.Context, p []byte, off int64) (int, error) {
+	if f.s.keys.Locked() {
+		return 0, errLocked("write inode %d", f.ino)
+	}
 	if off < 0 {
 		return 0, errnof(syscall.EINVAL, "write inode %d at negative offset %d", f.ino, off)
 	}
@@ -432,6 +487,9 @@ func (s *Store) waitUploaded(ctx context.Context, targets []syncTarget, what str
 		}
 		if pending == 0 {
 			return nil
+		}
+		if s.keys.Locked() {
+			return errLocked("%s: %d chunk(s) stay staged until unlock", what, pending)
 		}
 		select {
 		case <-ch:

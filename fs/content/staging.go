@@ -18,6 +18,7 @@ import (
 
 	"coffer/crypto/format"
 	"coffer/fs/meta"
+	"coffer/keys"
 )
 
 // Staging files (FORMAT.md section 10): one per dirty chunk, named
@@ -149,9 +150,16 @@ func (s *Store) createStaging(ctx context.Context, c *chunk, hdr stagingHeader) 
 	if err != nil {
 		return nil, localErr(err, "stage inode %d chunk %d", f.ino, c.idx)
 	}
+	kgen := f.keyGen.Load()
 	box, err := newStagingBox(f, id)
 	if err != nil {
 		return nil, ioErr(ctx, err, "stage inode %d chunk %d: staging key", f.ino, c.idx)
+	}
+	if keysMoved(&f.keyGen, kgen) {
+		// WipeKeys may have passed this chunk already (the caller holds
+		// c.mu, which it needs to see the box): do not keep the key.
+		box.Wipe()
+		return nil, ioErr(ctx, keys.ErrWiped, "stage inode %d chunk %d: staging key", f.ino, c.idx)
 	}
 	st := &staging{id: id, name: stagingName(id), f: f, vol: s.volID, file: f.id, chunk: c.idx,
 		slot: s.slot, seal: s.seal, hdr: hdr,
@@ -290,13 +298,21 @@ func (st *staging) getBox() (*format.Box, error) {
 	if b := st.box.Load(); b != nil {
 		return b, nil
 	}
+	kgen := st.f.keyGen.Load()
 	b, err := newStagingBox(st.f, st.id)
 	if err != nil {
 		return nil, err
 	}
 	if !st.box.CompareAndSwap(nil, b) {
 		b.Wipe()
-		return st.box.Load(), nil
+		b = st.box.Load()
+	}
+	if b == nil || keysMoved(&st.f.keyGen, kgen) {
+		// WipeKeys ran meanwhile and may have missed it: take it back.
+		if b != nil && st.box.CompareAndSwap(b, nil) {
+			b.Wipe()
+		}
+		return nil, fmt.Errorf("staging %s: %w", st.name, keys.ErrWiped)
 	}
 	return b, nil
 }

@@ -95,7 +95,9 @@ type Store struct {
 	closed   bool
 
 	cache  *blockCache
-	staged atomic.Int64 // bytes of sealed block slots in staging files
+	staged atomic.Int64  // bytes of sealed block slots in staging files
+	wipes  atomic.Uint64 // bumped at the start and at the end of WipeKeys: odd while one runs
+	wipeMu sync.Mutex    // serializes WipeKeys
 
 	// upload scheduling (see upload.go)
 	schedMu  sync.Mutex
@@ -179,6 +181,7 @@ type Stats struct {
 	CacheBytes      int64  // plaintext block cache
 	OpenFiles       int64  // files with at least one open handle
 	CachedKeys      int64  // file keys (DEKs) held in memory by the data path
+	Locked          bool   // coffer lock: contents unreadable, uploads paused until unlock
 }
 
 // Stats returns the current counters.
@@ -187,6 +190,7 @@ func (s *Store) Stats() Stats {
 		StagedBytes:     s.staged.Load(),
 		UploadsInFlight: s.inFlight.Load(),
 		CacheBytes:      s.cache.bytes.Load(),
+		Locked:          s.keys.Locked(),
 	}
 	if p := s.lastErr.Load(); p != nil {
 		st.LastUploadError = *p
@@ -254,22 +258,32 @@ func (s *Store) SetMtime(ino uint64, mtimeNs int64) {
 	}
 }
 
-// WipeKeys zeroes every file key, cipher and staging key the data path
-// holds, and empties the plaintext block cache, without stopping anything
-// (coffer lock). Reads and writes then fail with EIO, and uploads keep
-// failing (the data stays staged), until the volume's keyring can open file
-// keys again: each key is re-opened through it on next use.
+// WipeKeys zeroes every file key the data path holds, drops every object
+// cipher and staging key built from them, and zeroes and empties the
+// plaintext block cache, without stopping anything (coffer lock: lock the
+// volume's keyring first, so that no key can be opened again meanwhile).
+// While the keyring is locked, reads and writes of contents fail with
+// EKEYREVOKED, including through files opened before; fsync too if
+// anything is staged. Staged data stays staged (ciphertext) and uploads
+// pause, without counting as failures, until Resume after unlock. Each key
+// is re-opened through the keyring on next use.
 func (s *Store) WipeKeys() {
+	s.wipeMu.Lock()
+	defer s.wipeMu.Unlock()
+	s.wipes.Add(1)
+	defer s.wipes.Add(1)
 	for _, f := range s.liveFiles() {
-		select {
-		case <-f.ready:
-			if f.loadErr == nil {
-				f.wipeKeys()
-			}
-		default:
-		}
+		// Files still loading too: a load racing with this drops its key.
+		f.wipeKeys()
 	}
-	s.cache.reset(false)
+	s.cache.wipe()
+	s.notify() // fsync waiters see the lock
+}
+
+// Resume restarts uploads paused by a lock, at once (call it after the
+// keyring is unlocked; without it they resume within a second).
+func (s *Store) Resume() {
+	s.kick()
 }
 
 // Open returns the File of regular file ino, shared by all its handles;
@@ -316,6 +330,9 @@ func (s *Store) acquire(ctx context.Context, ino uint64, handle bool) (*File, er
 		}
 	}
 	if f.loadErr != nil {
+		if !loader && s.keyLocked(f.loadErr) {
+			return nil, errLocked("open inode %d", ino)
+		}
 		return nil, f.loadErr
 	}
 	return f, nil

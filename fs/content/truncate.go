@@ -24,7 +24,18 @@ func (s *Store) Truncate(ctx context.Context, ino uint64, size int64) error {
 		return err
 	}
 	defer s.drop(f, false)
-	return f.truncate(ctx, size)
+	if s.keys.Locked() {
+		// Cutting into a block rewrites it: refuse before changing anything.
+		return errLocked("truncate inode %d", ino)
+	}
+	w := s.wipes.Load()
+	if err := f.truncate(ctx, size); err != nil {
+		if s.lockedDuring(err, w) {
+			return errLocked("truncate inode %d", ino)
+		}
+		return err
+	}
+	return nil
 }
 
 func ceilDiv(a, b int64) int64 { return (a + b - 1) / b }
@@ -141,6 +152,20 @@ func (f *File) commitDrop(ctx context.Context, dropped []*chunk, fn func(tx *met
 // make the range read as zeros, dropping whole chunks. Other modes are
 // EOPNOTSUPP.
 func (f *File) Allocate(ctx context.Context, off, n int64, mode uint32) error {
+	w := f.s.wipes.Load()
+	if err := f.allocate(ctx, off, n, mode); err != nil {
+		if f.s.lockedDuring(err, w) {
+			return errLocked("fallocate inode %d", f.ino)
+		}
+		return err
+	}
+	return nil
+}
+
+func (f *File) allocate(ctx context.Context, off, n int64, mode uint32) error {
+	if f.s.keys.Locked() {
+		return errLocked("fallocate inode %d", f.ino)
+	}
 	if off < 0 || n <= 0 {
 		return errnof(syscall.EINVAL, "fallocate inode %d: offset %d length %d", f.ino, off, n)
 	}

@@ -108,6 +108,18 @@ func (s *Store) scheduler() {
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	for {
+		if s.keys.Locked() {
+			// coffer lock: staged data waits, as ciphertext, for unlock
+			// (Resume kicks; the timer is a fallback).
+			timer.Reset(time.Second)
+			select {
+			case <-s.kickCh:
+			case <-timer.C:
+			case <-s.bg.Done():
+				return
+			}
+			continue
+		}
 		now := time.Now()
 		next := now.Add(time.Hour)
 		var ready []*chunk
@@ -172,11 +184,15 @@ func backoff(n int) time.Duration {
 
 func (s *Store) runUpload(c *chunk) {
 	s.inFlight.Add(1)
+	w := s.wipes.Load()
 	err := s.upload(c)
 	s.inFlight.Add(-1)
 	if errors.Is(err, context.Canceled) && s.bg.Err() != nil {
 		err = nil // shutting down
 	}
+	// Locked (coffer lock) while uploading: not a failure; the chunk stays
+	// staged and goes first after unlock.
+	paused := err != nil && s.lockedDuring(err, w)
 	f := c.f
 	c.mu.RLock()
 	stillDirty := c.stg != nil && !c.dead
@@ -190,6 +206,8 @@ func (s *Store) runUpload(c *chunk) {
 	case !stillDirty:
 		delete(s.dirty, c)
 		c.failures, c.urgent = 0, false
+	case paused:
+		c.dueAt = time.Now()
 	case err != nil:
 		c.failures++
 		wait := backoff(c.failures)
@@ -206,7 +224,9 @@ func (s *Store) runUpload(c *chunk) {
 	failures := c.failures
 	s.schedMu.Unlock()
 	c.mu.RUnlock()
-	if err != nil {
+	if paused {
+		s.log.Debug("content: upload paused: the volume is locked", "ino", f.ino, "chunk", c.idx)
+	} else if err != nil {
 		msg := err.Error()
 		s.lastErr.Store(&msg)
 		if failures == 1 || failures%10 == 0 {
@@ -266,6 +286,7 @@ func (s *Store) upload(c *chunk) error {
 	C := s.layout.ChunkSize
 
 	// What the base object must supply; fetched without holding the chunk.
+	pgen := s.cache.gen.Load() // before looking blocks up (see blockCache.use)
 	f.mu.RLock()
 	c.mu.RLock()
 	if c.dead || c.stg == nil || f.discarded.Load() {
@@ -333,7 +354,7 @@ func (s *Store) upload(c *chunk) error {
 			if asmErr == nil && &p[0] != &seg[0] {
 				copy(seg, p)
 			}
-			if asmErr != nil {
+			if asmErr != nil && !keyGone(asmErr) {
 				s.log.Error("content: cannot read a staged block (local staging file damaged)",
 					"staging", stg.name, "ino", f.ino, "chunk", c.idx, "block", b, "err", asmErr)
 			}
@@ -347,9 +368,12 @@ func (s *Store) upload(c *chunk) error {
 				}
 				blk = g[b]
 			}
-			v := min(int64(len(blk)), c.baseLimit-b*B)
-			n := copy(seg, blk[:v])
-			clear(seg[n:])
+			asmErr = s.cache.use(pgen, func() error {
+				v := min(int64(len(blk)), c.baseLimit-b*B)
+				n := copy(seg, blk[:v])
+				clear(seg[n:])
+				return nil
+			})
 		default:
 			clear(seg)
 		}

@@ -338,6 +338,8 @@ type Volume struct {
 	Summary
 	StateDir string
 	Catalog  *meta.Catalog
+	// Provider is Keys.Provider(): it forwards to the current provider, so it stays valid
+	// across Lock and Unlock (failing with keys.ErrLocked in between).
 	Provider keys.Provider
 	Keys     *keys.Keyring
 	Store    remote.Store
@@ -386,42 +388,11 @@ func Open(ctx context.Context, stateDir string, secret []byte, opt OpenOptions) 
 	if err := v.Layout.Validate(); err != nil {
 		return v, fmt.Errorf("catalog holds a bad layout: %w", err)
 	}
-	if len(secret) == 0 {
-		return v, errors.New("empty PIN or passphrase")
-	}
-	switch mv.Provider {
-	case meta.ProviderPKCS11:
-		p, err := hsm.New(hsm.Config{Module: mv.HSMModule, Token: mv.HSMToken, PIN: secret, Volume: mv.ID})
-		if err != nil {
-			return v, err
-		}
-		v.Provider = p
-	case meta.ProviderPassphrase:
-		var params passphrase.Params
-		if err := params.UnmarshalBinary(mv.KDFParams); err != nil {
-			return v, fmt.Errorf("catalog holds bad passphrase parameters: %w", err)
-		}
-		p, err := passphrase.Open(secret, mv.ID, params)
-		if err != nil {
-			return v, err
-		}
-		v.Provider = p
-	default:
-		return v, fmt.Errorf("catalog names an unknown key provider %q", mv.Provider)
-	}
-	keks, err := cat.ListKEKs(ctx)
+	prov, err := openProvider(ctx, cat, mv, secret)
 	if err != nil {
 		return v, err
 	}
-	for _, k := range keks {
-		if k.State == meta.KEKDestroyed {
-			continue
-		}
-		ref := keys.KEKRef{Chain: k.Chain, Version: k.Version}
-		if err := v.Provider.Load(ref, k.Material); err != nil {
-			return v, fmt.Errorf("load KEK %s: %w", ref, err)
-		}
-	}
+	v.Provider = prov // wiped by Close if Open fails before the keyring owns it
 	cur, err := cat.CurrentKEK(ctx, "")
 	if err != nil {
 		return v, fmt.Errorf("current volume KEK: %w", err)
@@ -434,7 +405,9 @@ func Open(ctx context.Context, stateDir string, secret []byte, opt OpenOptions) 
 	if max <= 0 {
 		max = 10000
 	}
-	v.Keys = keys.NewKeyring(v.Provider, mv.ID, keys.NewCache(ttl, max))
+	v.Keys = keys.NewKeyring(prov, mv.ID, keys.NewCache(ttl, max))
+	// The keyring's Provider stays valid across Lock and Unlock (a new provider behind it).
+	v.Provider = v.Keys.Provider()
 	ropt := opt.Remote
 	if ropt.Logger == nil {
 		ropt.Logger = log
@@ -444,6 +417,95 @@ func Open(ctx context.Context, stateDir string, secret []byte, opt OpenOptions) 
 		return v, err
 	}
 	return v, nil
+}
+
+// openProvider opens the volume's key provider with the PIN or passphrase in secret (HSM
+// login, or Argon2id and the passphrase check) and loads every KEK version the catalog has not
+// destroyed. Open and Unlock both use it. A wrong secret fails with keys.ErrWrongPIN or
+// keys.ErrWrongPassphrase; nothing is kept on failure.
+func openProvider(ctx context.Context, cat *meta.Catalog, mv meta.Volume, secret []byte) (p keys.Provider, err error) {
+	if len(secret) == 0 {
+		return nil, errors.New("empty PIN or passphrase")
+	}
+	switch mv.Provider {
+	case meta.ProviderPKCS11:
+		hp, err := hsm.New(hsm.Config{Module: mv.HSMModule, Token: mv.HSMToken, PIN: secret, Volume: mv.ID})
+		if err != nil {
+			return nil, err
+		}
+		p = hp
+	case meta.ProviderPassphrase:
+		var params passphrase.Params
+		if err := params.UnmarshalBinary(mv.KDFParams); err != nil {
+			return nil, fmt.Errorf("catalog holds bad passphrase parameters: %w", err)
+		}
+		pp, err := passphrase.Open(secret, mv.ID, params)
+		if err != nil {
+			return nil, err
+		}
+		p = pp
+	default:
+		return nil, fmt.Errorf("catalog names an unknown key provider %q", mv.Provider)
+	}
+	opened := p // the named result is nil by the time a failing return runs the defer
+	defer func() {
+		if err != nil {
+			opened.Wipe()
+		}
+	}()
+	keks, err := cat.ListKEKs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, k := range keks {
+		if k.State == meta.KEKDestroyed {
+			continue
+		}
+		ref := keys.KEKRef{Chain: k.Chain, Version: k.Version}
+		if err := p.Load(ref, k.Material); err != nil {
+			return nil, fmt.Errorf("load KEK %s: %w", ref, err)
+		}
+	}
+	return p, nil
+}
+
+// Lock wipes every key of the volume now (coffer lock): the DEK cache is zeroed and the
+// provider wiped (HSM sessions closed, passphrase keys zeroed). Until Unlock every key
+// operation fails with keys.ErrLocked; the catalog and the store stay open, so metadata
+// keeps working. The data path holds its own copies of file keys: content.Store.WipeKeys
+// wipes them (fs.FS.Lock does both). The volume is locked even if Lock returns an error (an
+// HSM that did not close its sessions in time).
+func (v *Volume) Lock() error {
+	if err := v.Keys.Lock(); err != nil {
+		return fmt.Errorf("lock volume: %w", err)
+	}
+	return nil
+}
+
+// Locked reports whether the volume's keys are locked.
+func (v *Volume) Locked() bool { return v.Keys.Locked() }
+
+// Unlock opens a new provider exactly as Open does (HSM login with the PIN, or the
+// passphrase through Argon2id), loads every KEK version the catalog has not destroyed and
+// installs it. A wrong PIN or passphrase returns the same error as Open (keys.ErrWrongPIN,
+// keys.ErrWrongPassphrase) and leaves the volume locked. Unlocking a volume that is not
+// locked does nothing and does not check secret. secret is not kept.
+func (v *Volume) Unlock(ctx context.Context, secret []byte) error {
+	if !v.Locked() {
+		return nil
+	}
+	mv, err := v.Catalog.Volume(ctx)
+	if err != nil {
+		return fmt.Errorf("unlock volume: %w", err)
+	}
+	p, err := openProvider(ctx, v.Catalog, mv, secret)
+	if err != nil {
+		return fmt.Errorf("unlock volume: %w", err)
+	}
+	if err := v.Keys.Unlock(p); err != nil {
+		return fmt.Errorf("unlock volume: %w", err)
+	}
+	return nil
 }
 
 // Close wipes every key (cache, provider sessions) and closes the store and the catalog.

@@ -1,0 +1,209 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"coffer/fs/keyops"
+	"coffer/fs/meta"
+	"coffer/fs/volume"
+
+	"golang.org/x/term"
+)
+
+func init() {
+	commands["rotate"] = command{"rotate --state DIR [--retire-old]", cmdRotate}
+}
+
+// offlineFlags are the flags every offline key command takes.
+type offlineFlags struct {
+	state, pinFile, passFile *string
+}
+
+func addOfflineFlags(fl *flag.FlagSet) offlineFlags {
+	return offlineFlags{
+		state:    fl.String("state", "", "state directory of the volume"),
+		pinFile:  fl.String("hsm-pin-file", "", "file holding the HSM PIN (else COFFER_HSM_PIN or a prompt)"),
+		passFile: fl.String("passphrase-file", "", "file holding the passphrase (else COFFER_PASSPHRASE or a prompt)"),
+	}
+}
+
+// offlineSecret says where the volume's PIN or passphrase comes from (read-only catalog peek).
+func offlineSecret(ctx context.Context, f offlineFlags) (secretSource, error) {
+	cat, err := openStateReadOnly(ctx, *f.state)
+	if err != nil {
+		return secretSource{}, err
+	}
+	defer cat.Close()
+	v, err := cat.Volume(ctx)
+	if err != nil {
+		return secretSource{}, err
+	}
+	if v.Provider == meta.ProviderPassphrase {
+		return secretSource{what: "passphrase", envVar: "COFFER_PASSPHRASE", file: *f.passFile, flag: "--passphrase-file"}, nil
+	}
+	return secretSource{what: fmt.Sprintf("PIN of HSM token %q", v.HSMToken), envVar: "COFFER_HSM_PIN", file: *f.pinFile, flag: "--hsm-pin-file"}, nil
+}
+
+// notMounted turns the catalog lock's EBUSY into what the operator must do.
+func notMounted(state string, err error) error {
+	if errors.Is(err, syscall.EBUSY) {
+		return fmt.Errorf("the volume in %s is in use (mounted, or another coffer command is running): unmount it first; "+
+			"rotating or shredding a mounted volume is not supported yet", state)
+	}
+	return err
+}
+
+// openOffline opens the volume of --state for a key command: it must not be mounted.
+func openOffline(ctx context.Context, env *cliEnv, f offlineFlags) (*volume.Volume, error) {
+	if *f.state == "" {
+		return nil, usageError{"--state DIR is required"}
+	}
+	state, err := filepath.Abs(*f.state)
+	if err != nil {
+		return nil, err
+	}
+	*f.state = state
+	src, err := offlineSecret(ctx, f)
+	if err != nil {
+		return nil, err
+	}
+	// Take the lock before asking for a secret: a mounted volume is refused at once.
+	probe, err := meta.Open(ctx, state)
+	if err != nil {
+		return nil, notMounted(state, fmt.Errorf("open volume in %s: %w", state, err))
+	}
+	probe.Close()
+	secret, err := env.readSecret(src)
+	if err != nil {
+		return nil, err
+	}
+	defer clear(secret)
+	v, err := volume.Open(ctx, state, secret, volume.OpenOptions{})
+	if err != nil {
+		return nil, notMounted(state, err)
+	}
+	return v, nil
+}
+
+func actor() string { return "uid:" + strconv.Itoa(os.Getuid()) }
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	return ok && term.IsTerminal(int(f.Fd()))
+}
+
+// progressPrinter shows "done/total, rate, ETA" on one terminal line, at most 4 times a second.
+type progressPrinter struct {
+	w     io.Writer
+	what  string
+	mu    sync.Mutex
+	last  time.Time
+	shown bool
+}
+
+func (p *progressPrinter) update(pr keyops.Progress) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if time.Since(p.last) < 250*time.Millisecond && pr.Done < pr.Total {
+		return
+	}
+	p.last = time.Now()
+	rate := float64(pr.Done) / max(pr.Elapsed.Seconds(), 1e-3)
+	eta := "?"
+	if rate > 0 {
+		eta = (time.Duration(float64(pr.Total-pr.Done)/rate) * time.Second).Round(time.Second).String()
+	}
+	fmt.Fprintf(p.w, "\r%s: %d/%d key records, %.0f/s, ETA %s   ", p.what, pr.Done, pr.Total, rate, eta)
+	p.shown = true
+}
+
+func (p *progressPrinter) end() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.shown {
+		fmt.Fprintln(p.w)
+	}
+}
+
+func rotateOptions(env *cliEnv, what string) (keyops.RotateOptions, *progressPrinter) {
+	opt := keyops.RotateOptions{Actor: actor()}
+	var pp *progressPrinter
+	if isTerminal(env.stderr) {
+		pp = &progressPrinter{w: env.stderr, what: what}
+		opt.Progress = pp.update
+	}
+	return opt, pp
+}
+
+func cmdRotate(ctx context.Context, env *cliEnv, args []string) error {
+	fl := flag.NewFlagSet("rotate", flag.ContinueOnError)
+	of := addOfflineFlags(fl)
+	retire := fl.Bool("retire-old", false, "destroy the older KEK versions once no file key uses them")
+	pos, err := parseFlags(fl, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return usageError{fmt.Sprintf("unexpected argument %q", pos[0])}
+	}
+	v, err := openOffline(ctx, env, of)
+	if err != nil {
+		return err
+	}
+	defer v.Close(context.WithoutCancel(ctx))
+	opt, pp := rotateOptions(env, "rotate")
+	opt.RetireOld = *retire
+	res, err := keyops.Rotate(ctx, v, opt)
+	if pp != nil {
+		pp.end()
+	}
+	if err != nil {
+		if errors.Is(err, keyops.ErrDeriveRotation) {
+			return fmt.Errorf("this volume uses key mode derive: %w", err)
+		}
+		return fmt.Errorf("%w (rerun coffer rotate to finish: %d key records were re-wrapped before it stopped)", err, res.Rewrapped)
+	}
+	fmt.Fprintln(env.stdout, rotateSummary(res, *retire))
+	return nil
+}
+
+func rotateSummary(res keyops.RotateResult, retire bool) string {
+	var b strings.Builder
+	if res.Resumed {
+		b.WriteString("finished an interrupted rotation: ")
+	} else {
+		b.WriteString("rotated: ")
+	}
+	ts := make([]string, len(res.Targets))
+	for i, t := range res.Targets {
+		ts[i] = t.String()
+	}
+	fmt.Fprintf(&b, "current KEK %s; %d key records re-wrapped in %s", strings.Join(ts, ", "), res.Rewrapped,
+		res.Elapsed.Round(time.Millisecond))
+	if res.Rewrapped > 0 && res.Elapsed > 0 {
+		fmt.Fprintf(&b, " (%.0f/s)", float64(res.Rewrapped)/res.Elapsed.Seconds())
+	}
+	if len(res.Retired) > 0 {
+		rs := make([]string, len(res.Retired))
+		for i, r := range res.Retired {
+			rs[i] = r.String()
+		}
+		fmt.Fprintf(&b, "; destroyed %s", strings.Join(rs, ", "))
+	} else if retire {
+		b.WriteString("; no older version left to destroy")
+	} else {
+		b.WriteString("; older versions kept (destroy them with coffer rotate --retire-old)")
+	}
+	return b.String()
+}

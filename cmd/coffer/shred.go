@@ -1,0 +1,145 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+
+	"coffer/fs/keyops"
+	"coffer/keys"
+)
+
+func init() {
+	commands["shred"] = command{"shred --state DIR (PATH... | --user UID | --volume [--yes]) [--now]", cmdShred}
+}
+
+func cmdShred(ctx context.Context, env *cliEnv, args []string) error {
+	fl := flag.NewFlagSet("shred", flag.ContinueOnError)
+	of := addOfflineFlags(fl)
+	now := fl.Bool("now", false, "make the shred final at once: rotate, re-wrap every other file and destroy the old KEK versions (wrap mode)")
+	user := fl.String("user", "", "shred every file of this uid by destroying the user's KEK chain (volumes made with --kek-per-user)")
+	whole := fl.Bool("volume", false, "destroy every KEK version: every file of the volume becomes unrecoverable")
+	yes := fl.Bool("yes", false, "with --volume: do not ask for confirmation")
+	stagingDir := fl.String("staging-dir", "", "where the volume stages ciphertext (default STATE/staging)")
+	paths, err := parseFlags(fl, args)
+	if err != nil {
+		return err
+	}
+	modes := 0
+	if len(paths) > 0 {
+		modes++
+	}
+	if *user != "" {
+		modes++
+	}
+	if *whole {
+		modes++
+	}
+	if modes != 1 {
+		return usageError{"give PATH..., --user UID or --volume (exactly one)"}
+	}
+	var uid uint32
+	if *user != "" {
+		n, err := strconv.ParseUint(*user, 10, 32)
+		if err != nil {
+			return usageError{fmt.Sprintf("--user %q: want a numeric uid", *user)}
+		}
+		uid = uint32(n)
+	}
+	if *whole && *now {
+		return usageError{"--now does not apply to --volume (every KEK version is destroyed at once)"}
+	}
+	if *whole && !*yes && !isTerminal(env.stdin) {
+		return usageError{"--volume destroys every key of the volume: on a terminal it asks to type the volume id; otherwise pass --yes"}
+	}
+
+	v, err := openOffline(ctx, env, of)
+	if err != nil {
+		return err
+	}
+	defer v.Close(context.WithoutCancel(ctx))
+	if *now && v.KeyMode != keys.ModeWrap {
+		return keyops.ErrDeriveNow
+	}
+	sopt := keyops.ShredOptions{Actor: actor(), StagingDir: *stagingDir}
+	w := env.stdout
+
+	if *whole {
+		if !*yes {
+			fmt.Fprintf(env.stderr, "This destroys every KEK version of volume %s: all of its files become unrecoverable.\nType the volume id to confirm: ", v.IDString())
+			line, _ := bufio.NewReader(env.stdin).ReadString('\n')
+			if strings.TrimSpace(line) != v.IDString() {
+				return errors.New("not confirmed: nothing was destroyed")
+			}
+		}
+		refs, err := keyops.ShredVolume(ctx, v, sopt)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(w, "volume %s shredded: %d KEK versions destroyed (%s); its files can no longer be decrypted. "+
+			"Remove the state directory and the remote's objects to reclaim space.\n", v.IDString(), len(refs), refList(refs))
+		return nil
+	}
+
+	var res keyops.ShredResult
+	if *user != "" {
+		res, err = keyops.ShredUser(ctx, v, uid, sopt)
+	} else {
+		res, err = keyops.ShredPaths(ctx, v, paths, sopt)
+	}
+	if err != nil {
+		return err
+	}
+	var b strings.Builder
+	if *user != "" {
+		fmt.Fprintf(&b, "shredded uid %d: KEK chain %s destroyed (%s), %d files removed",
+			uid, keys.UserChain(uid), refList(res.Destroyed), res.Files)
+	} else {
+		fmt.Fprintf(&b, "shredded %d files (%d entries removed)", res.Files, res.Links)
+	}
+	fmt.Fprintf(&b, "; %d objects deleted from the remote", res.Deleted)
+	if res.DeleteFailed > 0 {
+		fmt.Fprintf(&b, ", %d stay queued (deleting failed; retried at the next mount)", res.DeleteFailed)
+	}
+	final := len(res.OldVersions) == 0
+	if *now {
+		opt, pp := rotateOptions(env, "shred --now: re-wrap")
+		rres, err := keyops.ShredNow(ctx, v, opt)
+		if pp != nil {
+			pp.end()
+		}
+		if err != nil {
+			fmt.Fprintln(w, b.String())
+			return fmt.Errorf("the files are shredded, but making it final failed: %w (run coffer rotate --retire-old to finish)", err)
+		}
+		fmt.Fprintf(&b, "; final: %d other key records re-wrapped to %s and %s destroyed",
+			rres.Rewrapped, refList(rres.Targets), refList(rres.Retired))
+		final = true
+	}
+	if !final {
+		vs := make([]keys.KEKRef, 0, len(res.OldVersions))
+		for r := range res.OldVersions {
+			vs = append(vs, r)
+		}
+		fmt.Fprintf(&b, "; an older catalog copy can still open them until KEK %s is destroyed (coffer shred --now, or coffer rotate --retire-old)", refList(vs))
+	}
+	fmt.Fprintln(w, b.String())
+	return nil
+}
+
+func refList(refs []keys.KEKRef) string {
+	s := make([]string, len(refs))
+	for i, r := range refs {
+		s[i] = r.String()
+	}
+	sort.Strings(s)
+	if len(s) == 0 {
+		return "none"
+	}
+	return strings.Join(s, ", ")
+}

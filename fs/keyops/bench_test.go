@@ -1,0 +1,91 @@
+package keyops
+
+import (
+	"os"
+	"runtime"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"coffer/fs/meta"
+	"coffer/keys"
+)
+
+// BenchmarkRotation compares, in one run on one SoftHSM2 token, the raw re-wrap rate
+// (keys.Rewrap in a loop over records held in memory: one goroutine, and Workers goroutines)
+// with a full rotation over N catalog rows (read in batches, re-wrapped, swapped by
+// compare-and-swap, committed 1,000 per transaction). N is COFFER_BENCH_ROWS (default
+// 100,000). Run it once:
+//
+//	go test ./fs/keyops -run '^$' -bench Rotation -benchtime 1x
+func BenchmarkRotation(b *testing.B) {
+	n := 100000
+	if s := os.Getenv("COFFER_BENCH_ROWS"); s != "" {
+		n, _ = strconv.Atoi(s)
+	}
+	e := newVol(b, volOpt{})
+	t0 := time.Now()
+	e.addFiles("f", n, 0)
+	b.Logf("populated %d rows in %s", n, time.Since(t0).Round(time.Millisecond))
+
+	// Raw: re-wrap (v1 -> a scratch version) records held in memory, no catalog.
+	sample := min(n, 20000)
+	rows, err := e.v.Catalog.KeysUsing(ctx, "", 1, 0, sample)
+	if err != nil {
+		b.Fatal(err)
+	}
+	scratch := keys.KEKRef{Chain: "bench", Version: 1}
+	if _, err := e.v.Provider.CreateKEK(ctx, scratch); err != nil {
+		b.Fatal(err)
+	}
+	defer e.v.Provider.DestroyKEK(ctx, scratch)
+	raw := func(workers int) float64 {
+		start := time.Now()
+		var wg sync.WaitGroup
+		for w := range workers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := w; i < len(rows); i += workers {
+					id := keys.FileIdentity{Volume: e.v.ID, File: rows[i].FileID}
+					if _, err := keys.Rewrap(ctx, e.v.Provider, toKeys(rows[i].Key), id, scratch); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		return float64(len(rows)) / time.Since(start).Seconds()
+	}
+	workers := 2
+	if s := os.Getenv("COFFER_BENCH_WORKERS"); s != "" {
+		workers, _ = strconv.Atoi(s)
+	}
+	_ = runtime.GOMAXPROCS
+	raw1 := raw(1)
+	rawW := raw(workers)
+	best := max(raw1, rawW)
+
+	b.ResetTimer()
+	res, err := Rotate(ctx, e.v, RotateOptions{Logger: quiet, Workers: workers})
+	b.StopTimer()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if res.Rewrapped != int64(n) {
+		b.Fatalf("rotated %d rows, want %d", res.Rewrapped, n)
+	}
+	if left, _ := e.v.Catalog.CountKeysUsing(ctx, "", 1); left != 0 {
+		b.Fatalf("%d rows left on v1", left)
+	}
+	rot := float64(n) / res.Elapsed.Seconds()
+	b.ReportMetric(raw1, "raw-1-rewraps/s")
+	b.ReportMetric(rawW, "raw-"+strconv.Itoa(workers)+"-rewraps/s")
+	b.ReportMetric(rot, "rotate-rows/s")
+	b.ReportMetric(rot/best, "rotate/raw")
+	b.Logf("raw re-wrap: %.0f/s (1 goroutine), %.0f/s (%d goroutines); rotation of %d rows: %s = %.0f rows/s = %.0f%% of the best raw rate",
+		raw1, rawW, workers, n, res.Elapsed.Round(time.Millisecond), rot, 100*rot/best)
+	_ = meta.FileName
+}

@@ -1,0 +1,419 @@
+package keyops
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"coffer/crypto/format"
+	"coffer/fs/meta"
+	"coffer/fs/volume"
+	"coffer/keys"
+	"coffer/remote"
+)
+
+// ShredOptions tune the shred operations.
+type ShredOptions struct {
+	Actor      string // for the audit log
+	StagingDir string // where the volume stages ciphertext (default STATE/staging)
+	Logger     *slog.Logger
+}
+
+func (o *ShredOptions) defaults(v *volume.Volume) {
+	if o.Actor == "" {
+		o.Actor = "shred"
+	}
+	if o.StagingDir == "" {
+		o.StagingDir = filepath.Join(v.StateDir, "staging")
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+}
+
+// ShredResult summarizes a shred.
+type ShredResult struct {
+	Files         int   // files whose key record was destroyed and entries removed
+	Links         int   // directory entries removed
+	Queued        int64 // remote objects waiting for deletion after the shred (before deleting)
+	Deleted       int   // remote objects deleted now
+	DeleteFailed  int   // remote objects that stay queued (deleting failed)
+	Destroyed     []keys.KEKRef
+	OtherChains   int                 // (--user) files of the user keyed under another chain
+	OldVersions   map[keys.KEKRef]int // files shredded per KEK version (a shred is final once they are destroyed)
+	StagingFreed  int                 // staged (ciphertext) chunks of shredded files removed
+	ShreddedInode []uint64
+}
+
+// ResolvePath finds the inode of a path inside the volume ("/docs/a.txt" or "docs/a.txt").
+func ResolvePath(ctx context.Context, cat *meta.Catalog, path string) (meta.Inode, error) {
+	in, err := cat.GetInode(ctx, meta.RootIno)
+	if err != nil {
+		return in, err
+	}
+	for _, c := range strings.Split(path, "/") {
+		switch c {
+		case "", ".":
+			continue
+		case "..":
+			return in, fmt.Errorf("%s: '..' is not allowed in a volume path", path)
+		}
+		if !in.IsDir() {
+			return in, fmt.Errorf("%s: not found in the volume (a component is not a directory)", path)
+		}
+		in, err = cat.Lookup(ctx, in.Ino, []byte(c))
+		if errors.Is(err, syscall.ENOENT) {
+			return in, fmt.Errorf("%s: not found in the volume", path)
+		}
+		if err != nil {
+			return in, fmt.Errorf("%s: %w", path, err)
+		}
+	}
+	return in, nil
+}
+
+// ShredPaths crypto-shreds the files at paths: each file's key record is deleted (audited as
+// key.shred; secure_delete overwrites it in the page), every directory entry of the inode
+// goes (all hard links), its objects are queued for deletion, and the catalog files are
+// checkpointed so no image of the record stays in the WAL. Queued objects are then deleted
+// from the remote (best effort; what fails stays queued). All paths are resolved before
+// anything changes: one bad path changes nothing.
+//
+// The shred is final once the KEK versions in res.OldVersions are destroyed (an older copy
+// of the catalog still holds the wrapped key): ShredNow / rotate --retire-old.
+func ShredPaths(ctx context.Context, v *volume.Volume, paths []string, opt ShredOptions) (ShredResult, error) {
+	opt.defaults(v)
+	res := ShredResult{OldVersions: map[keys.KEKRef]int{}}
+	sealCurrent(ctx, v, opt.Logger)
+	seen := map[uint64]bool{}
+	var inos []uint64
+	for _, p := range paths {
+		in, err := ResolvePath(ctx, v.Catalog, p)
+		if err != nil {
+			return res, err
+		}
+		switch {
+		case in.IsDir():
+			return res, fmt.Errorf("%s is a directory: shred the files in it", p)
+		case !in.IsRegular():
+			return res, fmt.Errorf("%s is not a regular file (nothing encrypted to shred)", p)
+		}
+		if !seen[in.Ino] {
+			seen[in.Ino] = true
+			inos = append(inos, in.Ino)
+		}
+	}
+	if err := shredInodes(ctx, v, inos, opt, &res); err != nil {
+		return res, err
+	}
+	return res, finishShred(ctx, v, opt, &res)
+}
+
+// shredInodes destroys the key record and every entry of each inode, a few per transaction.
+func shredInodes(ctx context.Context, v *volume.Volume, inos []uint64, opt ShredOptions, res *ShredResult) error {
+	const per = 200
+	for len(inos) > 0 {
+		b := inos[:min(len(inos), per)]
+		inos = inos[len(b):]
+		now := time.Now().UnixNano()
+		var files, links int
+		vers := map[keys.KEKRef]int{}
+		err := v.Catalog.Update(ctx, func(t *meta.Tx) error {
+			files, links = 0, 0
+			clear(vers)
+			for _, ino := range b {
+				k, err := t.GetKey(ino)
+				switch {
+				case err == nil:
+					vers[keys.KEKRef{Chain: k.Chain, Version: k.Version}]++
+					if err := t.ShredKey(ino, now, opt.Actor); err != nil {
+						return err
+					}
+				case errors.Is(err, syscall.ENOENT): // no key (a rerun, or never written)
+				default:
+					return err
+				}
+				ls, err := t.Links(ino)
+				if err != nil {
+					return err
+				}
+				for _, l := range ls {
+					if _, err := t.Unlink(l.Parent, l.Name, now, true); err != nil {
+						return err
+					}
+				}
+				if _, err := t.Reap(ino, now); err != nil { // an inode with no entry left
+					return err
+				}
+				files++
+				links += len(ls)
+			}
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("shred: %w", err)
+		}
+		res.Files += files
+		res.Links += links
+		res.ShreddedInode = append(res.ShreddedInode, b...)
+		for r, n := range vers {
+			res.OldVersions[r] += n
+		}
+	}
+	return nil
+}
+
+// finishShred drops staged chunks of shredded files, purges the catalog files, and deletes
+// queued objects from the remote.
+func finishShred(ctx context.Context, v *volume.Volume, opt ShredOptions, res *ShredResult) error {
+	gone := map[uint64]bool{}
+	for _, ino := range res.ShreddedInode {
+		gone[ino] = true
+	}
+	ups, err := v.Catalog.ListUploads(ctx, "", 0, 0)
+	if err != nil {
+		return err
+	}
+	for _, u := range ups {
+		if !gone[u.Ino] {
+			continue
+		}
+		if u.Staging == filepath.Base(u.Staging) && u.Staging != "" && u.Staging != "." && u.Staging != ".." {
+			_ = os.Remove(filepath.Join(opt.StagingDir, u.Staging))
+		}
+		if err := v.Catalog.CompleteUpload(ctx, u.ID); err != nil && !errors.Is(err, syscall.ENOENT) {
+			return err
+		}
+		res.StagingFreed++
+	}
+	if err := v.Catalog.PurgeDeleted(ctx); err != nil {
+		return fmt.Errorf("shred: erase the key records from the catalog files: %w", err)
+	}
+	if res.Queued, err = v.Catalog.PendingDeletes(ctx); err != nil {
+		return err
+	}
+	res.Deleted, res.DeleteFailed = DrainDeletes(ctx, v.Catalog, v.Store, opt.Logger)
+	sealCurrent(ctx, v, opt.Logger)
+	return nil
+}
+
+// DrainDeletes deletes every due object on the delete queue from the remote, 8 at a time,
+// once each; an object that fails stays queued (retried later by the daemon). It returns how
+// many were deleted and how many failed.
+func DrainDeletes(ctx context.Context, cat *meta.Catalog, store remote.Store, log *slog.Logger) (deleted, failed int) {
+	if log == nil {
+		log = slog.Default()
+	}
+	tried := map[string]bool{}
+	for ctx.Err() == nil {
+		ds, err := cat.NextDeletes(ctx, time.Now().UnixNano(), 256)
+		if err != nil {
+			log.Warn("cannot read the delete queue", "err", err)
+			return
+		}
+		var todo []meta.PendingDelete
+		for _, d := range ds {
+			if !tried[d.Name] {
+				tried[d.Name] = true
+				todo = append(todo, d)
+			}
+		}
+		if len(todo) == 0 {
+			return
+		}
+		var mu sync.Mutex
+		var wg sync.WaitGroup
+		sem := make(chan struct{}, 8)
+		for _, d := range todo {
+			wg.Add(1)
+			sem <- struct{}{}
+			go func() {
+				defer wg.Done()
+				defer func() { <-sem }()
+				ok := deleteOne(ctx, cat, store, d, log)
+				mu.Lock()
+				if ok {
+					deleted++
+				} else {
+					failed++
+				}
+				mu.Unlock()
+			}()
+		}
+		wg.Wait()
+	}
+	return
+}
+
+func deleteOne(ctx context.Context, cat *meta.Catalog, store remote.Store, d meta.PendingDelete, log *slog.Logger) bool {
+	name := d.Name
+	if len(name) == 2*format.IDSize { // a chunk object queued by id
+		if b, err := hex.DecodeString(name); err == nil {
+			name = format.ObjectName(format.ID(b))
+		}
+	}
+	if err := remote.ValidName(name); err != nil {
+		log.Warn("delete queue holds an invalid object name; leaving it queued", "name", d.Name)
+		return false
+	}
+	err := store.Delete(ctx, name)
+	if err != nil && !errors.Is(err, remote.ErrNotFound) {
+		log.Warn("could not delete a queued object; it stays queued", "object", name, "err", err)
+		_ = cat.DeleteFailed(ctx, d.Name, time.Now().Add(time.Minute).UnixNano(), err.Error())
+		return false
+	}
+	if err := cat.DeleteDone(ctx, d.Name); err != nil {
+		log.Warn("could not take a deleted object off the queue", "object", name, "err", err)
+	}
+	return true
+}
+
+// ShredUser makes every file of uid unrecoverable on a volume made with per-user KEKs: every
+// version of the user's chain u<uid> is destroyed (catalog first, then the HSM), then the
+// files keyed under that chain, and any other regular file uid owns, lose their key record
+// and every entry, and their objects are deleted. Other users' files are untouched (except a
+// file another user owns whose key is still in uid's chain — a derive-mode file uid created
+// and gave away: it cannot be read without uid's KEK either, so it goes too). Files uid owns
+// that are keyed under another chain are shredded by record only: res.OtherChains counts
+// them, final once those versions are retired. Rerunning finishes an interrupted run.
+func ShredUser(ctx context.Context, v *volume.Volume, uid uint32, opt ShredOptions) (ShredResult, error) {
+	opt.defaults(v)
+	res := ShredResult{OldVersions: map[keys.KEKRef]int{}}
+	if !v.PerUser {
+		return res, errors.New("this volume was not created with --kek-per-user: a user's files share the volume KEK; shred them by path")
+	}
+	sealCurrent(ctx, v, opt.Logger)
+	chain := keys.UserChain(uid)
+	keks, err := v.Catalog.ListKEKs(ctx)
+	if err != nil {
+		return res, err
+	}
+	var versions []meta.KEK
+	var live []keys.KEKRef
+	for _, k := range keks {
+		if k.Chain == chain {
+			versions = append(versions, k)
+			if k.State != meta.KEKDestroyed {
+				live = append(live, refOf(k))
+			}
+		}
+	}
+	// Which files: records in the chain (any version), and regular files uid owns.
+	set := map[uint64]bool{}
+	var inos []uint64
+	add := func(ino uint64) {
+		if !set[ino] {
+			set[ino] = true
+			inos = append(inos, ino)
+		}
+	}
+	for _, k := range versions {
+		var after uint64
+		for {
+			rows, err := v.Catalog.KeysUsing(ctx, chain, k.Version, after, 10000)
+			if err != nil {
+				return res, err
+			}
+			for _, r := range rows {
+				add(r.Ino)
+			}
+			if len(rows) < 10000 {
+				break
+			}
+			after = rows[len(rows)-1].Ino
+		}
+	}
+	var after uint64
+	for {
+		owned, err := v.Catalog.RegularFilesOwnedBy(ctx, uid, after, 10000)
+		if err != nil {
+			return res, err
+		}
+		for _, ino := range owned {
+			if !set[ino] {
+				k, err := v.Catalog.GetKey(ctx, ino)
+				if err == nil && k.Chain != chain {
+					res.OtherChains++
+				}
+			}
+			add(ino)
+		}
+		if len(owned) < 10000 {
+			break
+		}
+		after = owned[len(owned)-1]
+	}
+
+	detail := fmt.Sprintf(`{"uid":%d,"chain":%q,"files":%d,"versions":%d}`, uid, chain, len(inos), len(live))
+	if _, err := v.Catalog.AppendAudit(ctx, meta.AuditEvent{Time: time.Now().UnixNano(), Event: "user.shred", Actor: opt.Actor, Detail: detail}); err != nil {
+		return res, err
+	}
+	// Keys first: once they are gone the files are unrecoverable, whatever happens next.
+	if err := destroyVersions(ctx, v, live, opt.Actor, opt.Logger); err != nil {
+		return res, err
+	}
+	res.Destroyed = live
+	if err := shredInodes(ctx, v, inos, opt, &res); err != nil {
+		return res, err
+	}
+	for r := range res.OldVersions {
+		if r.Chain == chain {
+			delete(res.OldVersions, r) // already destroyed
+		}
+	}
+	return res, finishShred(ctx, v, opt, &res)
+}
+
+// ShredVolume destroys every KEK version of every chain: first recorded (volume.shred in the
+// audit log, which is sealed while the key still exists), then marked destroyed in the
+// catalog, then destroyed in the provider. Every file of the volume is unrecoverable after;
+// the catalog stays (names and tree are still in it: remove the state directory to drop
+// them) and the volume can no longer be opened.
+func ShredVolume(ctx context.Context, v *volume.Volume, opt ShredOptions) ([]keys.KEKRef, error) {
+	opt.defaults(v)
+	keks, err := v.Catalog.ListKEKs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var live []keys.KEKRef
+	for _, k := range keks {
+		if k.State != meta.KEKDestroyed {
+			live = append(live, refOf(k))
+		}
+	}
+	detail := fmt.Sprintf(`{"volume_id":%q,"versions":%d}`, v.IDString(), len(live))
+	if _, err := v.Catalog.AppendAudit(ctx, meta.AuditEvent{Time: time.Now().UnixNano(), Event: "volume.shred", Actor: opt.Actor, Detail: detail}); err != nil {
+		return nil, err
+	}
+	sealCurrent(ctx, v, opt.Logger)
+	if err := destroyVersions(ctx, v, live, opt.Actor, opt.Logger); err != nil {
+		return live, err
+	}
+	return live, nil
+}
+
+// ShredNow makes earlier file shreds final at once on a wrap-mode volume: it rotates every
+// chain (re-wrapping every remaining file) and retires every older version, so no old copy
+// of the catalog can open a shredded file's key again. On a derive-mode volume it refuses:
+// every file's key is derived from the same KEK version, so destroying that version needs
+// every other file re-encrypted first.
+func ShredNow(ctx context.Context, v *volume.Volume, ropt RotateOptions) (RotateResult, error) {
+	if v.KeyMode != keys.ModeWrap {
+		return RotateResult{}, ErrDeriveNow
+	}
+	ropt.RetireOld = true
+	return Rotate(ctx, v, ropt)
+}
+
+// ErrDeriveNow is returned by ShredNow on a derive-mode volume.
+var ErrDeriveNow = errors.New("--now needs a wrap-mode volume: in derive mode every file's key is derived from the same KEK version, " +
+	"so making one shred final means re-encrypting every other file under a new version (derive-mode rotation is not implemented yet); " +
+	"shred without --now: the key record is destroyed, but an old catalog copy can open the file until its KEK version is destroyed")
