@@ -110,6 +110,30 @@ func TestLeakScanner(t *testing.T) {
 	}
 }
 
+// waitStopped waits until every thread of pid is stopped (state T): SIGSTOP is delivered
+// asynchronously, and a thread that is still running could answer the probe.
+func waitStopped(t *testing.T, pid int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/stat", pid))
+		stopped := len(tasks) > 0
+		for _, f := range tasks {
+			b, err := os.ReadFile(f)
+			// The state follows the ")" that closes the command name.
+			if i := strings.LastIndexByte(string(b), ')'); err != nil || i < 0 || i+2 >= len(b) || b[i+2] != 'T' {
+				stopped = false
+				break
+			}
+		}
+		if stopped {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("daemon %d did not stop within 5 s of SIGSTOP", pid)
+}
+
 // markedDataNoMarkers is random filler that holds no marker.
 func markedDataNoMarkers(n int) []byte {
 	b := markedData(n)
@@ -133,6 +157,7 @@ func TestHarnessStuckMount(t *testing.T) {
 	v.t = rec // the failures below are expected: collect them
 	d := v.Daemon()
 	must(t, "SIGSTOP the daemon", d.proc.Signal(syscall.SIGSTOP))
+	waitStopped(t, d.proc.Pid)
 	v.arm(2*time.Second, "the stuck-mount self-test")
 	start := time.Now()
 	_, err := os.Stat(v.P(uniqueName()))
