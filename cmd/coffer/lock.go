@@ -6,8 +6,6 @@ import (
 	"flag"
 	"fmt"
 	"time"
-
-	"coffer/fs/meta"
 )
 
 func cmdLock(ctx context.Context, env *cliEnv, args []string) error {
@@ -47,11 +45,7 @@ func cmdUnlock(ctx context.Context, env *cliEnv, args []string) error {
 	if err := json.Unmarshal(r.Status, &st); err != nil {
 		return fmt.Errorf("daemon status: %w", err)
 	}
-	src := secretSource{what: fmt.Sprintf("PIN of HSM token %q", st.HSMToken), envVar: "COFFER_HSM_PIN", file: *pinFile, flag: "--hsm-pin-file"}
-	if st.Provider == meta.ProviderPassphrase {
-		src = secretSource{what: "passphrase", envVar: "COFFER_PASSPHRASE", file: *passFile, flag: "--passphrase-file"}
-	}
-	secret, err := env.readSecret(src)
+	secret, err := env.readSecret(volumeSecret(st.Provider, st.HSMToken, *pinFile, *passFile))
 	if err != nil {
 		return err
 	}

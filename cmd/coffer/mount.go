@@ -112,7 +112,7 @@ func cmdMount(ctx context.Context, env *cliEnv, args []string) error {
 	if err := checkMountpoint(ctx, mc.mountpoint); err != nil {
 		return err
 	}
-	src, err := secretSourceFor(ctx, mc)
+	src, err := stateSecret(ctx, mc.state, mc.pinFile, mc.passFile)
 	if err != nil {
 		return err
 	}
@@ -129,23 +129,6 @@ func cmdMount(ctx context.Context, env *cliEnv, args []string) error {
 		})
 	}
 	return spawnDaemon(env, mc, args, secret)
-}
-
-// secretSourceFor asks the catalog (read-only) whether the volume wants a PIN or a passphrase.
-func secretSourceFor(ctx context.Context, mc mountConfig) (secretSource, error) {
-	cat, err := openStateReadOnly(ctx, mc.state)
-	if err != nil {
-		return secretSource{}, err
-	}
-	defer cat.Close()
-	v, err := cat.Volume(ctx)
-	if err != nil {
-		return secretSource{}, err
-	}
-	if v.Provider == meta.ProviderPassphrase {
-		return secretSource{what: "passphrase", envVar: "COFFER_PASSPHRASE", file: mc.passFile, flag: "--passphrase-file"}, nil
-	}
-	return secretSource{what: fmt.Sprintf("PIN of HSM token %q", v.HSMToken), envVar: "COFFER_HSM_PIN", file: mc.pinFile, flag: "--hsm-pin-file"}, nil
 }
 
 func checkMountpoint(ctx context.Context, mnt string) error {

@@ -38,24 +38,6 @@ func addOfflineFlags(fl *flag.FlagSet) offlineFlags {
 	}
 }
 
-// offlineSecret says where the volume's PIN or passphrase comes from (read-only catalog peek).
-func offlineSecret(ctx context.Context, f offlineFlags) (secretSource, error) {
-	cat, err := openStateReadOnly(ctx, *f.state)
-	if err != nil {
-		return secretSource{}, err
-	}
-	defer cat.Close()
-	v, err := cat.Volume(ctx)
-	if err != nil {
-		return secretSource{}, err
-	}
-	if v.Provider == meta.ProviderPassphrase {
-		return secretSource{what: "passphrase", envVar: "COFFER_PASSPHRASE", file: *f.passFile, flag: "--passphrase-file"}, nil
-	}
-	return secretSource{what: fmt.Sprintf("PIN of HSM token %q", v.HSMToken), envVar: "COFFER_HSM_PIN", file: *f.pinFile, flag: "--hsm-pin-file"}, nil
-}
-
-// notMounted turns the catalog lock's EBUSY into what the operator must do.
 func notMounted(state string, err error) error {
 	if errors.Is(err, syscall.EBUSY) {
 		return fmt.Errorf("the volume in %s is in use (mounted, or another coffer command is running): unmount it first; "+
@@ -74,7 +56,7 @@ func openOffline(ctx context.Context, env *cliEnv, f offlineFlags) (*volume.Volu
 		return nil, err
 	}
 	*f.state = state
-	src, err := offlineSecret(ctx, f)
+	src, err := stateSecret(ctx, *f.state, *f.pinFile, *f.passFile)
 	if err != nil {
 		return nil, err
 	}

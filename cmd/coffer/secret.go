@@ -2,9 +2,12 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"os"
+
+	"coffer/fs/meta"
 
 	"golang.org/x/term"
 )
@@ -16,6 +19,28 @@ type secretSource struct {
 	file    string // value of --xxx-file, "" if not given
 	flag    string // name of that flag, for the error message
 	confirm bool   // ask twice on a terminal (choosing a new secret)
+}
+
+// volumeSecret says where the PIN or passphrase of a volume with this provider comes from.
+func volumeSecret(provider, token, pinFile, passFile string) secretSource {
+	if provider == meta.ProviderPassphrase {
+		return secretSource{what: "passphrase", envVar: "COFFER_PASSPHRASE", file: passFile, flag: "--passphrase-file"}
+	}
+	return secretSource{what: fmt.Sprintf("PIN of HSM token %q", token), envVar: "COFFER_HSM_PIN", file: pinFile, flag: "--hsm-pin-file"}
+}
+
+// stateSecret peeks at the catalog in state (read-only) to learn which secret the volume wants.
+func stateSecret(ctx context.Context, state, pinFile, passFile string) (secretSource, error) {
+	cat, err := openStateReadOnly(ctx, state)
+	if err != nil {
+		return secretSource{}, err
+	}
+	defer cat.Close()
+	v, err := cat.Volume(ctx)
+	if err != nil {
+		return secretSource{}, err
+	}
+	return volumeSecret(v.Provider, v.HSMToken, pinFile, passFile), nil
 }
 
 // readSecret returns the secret from the environment, a file, or a terminal prompt. The

@@ -206,10 +206,7 @@ func verifyAudit(ctx context.Context, env *cliEnv, cat *meta.Catalog, state, pin
 	if err != nil {
 		return err
 	}
-	src := secretSource{what: fmt.Sprintf("PIN of HSM token %q", mv.HSMToken), envVar: "COFFER_HSM_PIN", file: pinFile, flag: "--hsm-pin-file"}
-	if mv.Provider == meta.ProviderPassphrase {
-		src = secretSource{what: "passphrase", envVar: "COFFER_PASSPHRASE", file: passFile, flag: "--passphrase-file"}
-	}
+	src := volumeSecret(mv.Provider, mv.HSMToken, pinFile, passFile)
 	if env.getenv(src.envVar) == "" && src.file == "" {
 		n, err := cat.VerifyAuditChain(ctx)
 		if err != nil {
