@@ -8,7 +8,7 @@ export PATH := $(PATH):/usr/local/go/bin
 # Fuzz targets run briefly by `make test` (package:target).
 FUZZ := $(addprefix ./crypto/format:,FuzzParseID FuzzHeader FuzzOpenBlock FuzzOpenRange FuzzOpenChunk FuzzOpenBox FuzzLayout)
 
-.PHONY: all build deps demo test check unit vectors fuzz bench clean
+.PHONY: all build deps demo test check unit vectors fuzz bench bench-go clean
 
 all: build
 
@@ -44,8 +44,17 @@ fuzz:
 			{ cat $$log; rm -f $$log; exit 1; }; \
 	done; rm -f $$log
 
-bench: deps
-	$(GO) test -run '^$$' -bench . -benchtime 1s ./crypto/... ./keys/... ./fs/meta/...
+# Side by side with gocryptfs (same disk) and an rclone crypt mount (same S3 server): medians,
+# spread and ratios, written into README.md. COFFER_BENCH_QUICK=1 for a short smoke run.
+bench:
+	@COFFER_BENCH=1 test/deps.sh
+	test/bench/run.sh
+
+# Go micro-benchmarks of the parts: block crypto beside raw AES-GCM, HSM wraps, catalog,
+# data path, remote, rotation.
+bench-go: deps
+	$(GO) test -run '^$$' -bench . -benchtime 1s ./crypto/format ./keys/hsm ./keys/passphrase ./fs/meta ./fs/content ./remote
+	$(GO) test -run '^$$' -bench Rotation -benchtime 1x ./fs/keyops
 
 clean:
 	rm -rf bin .demo
