@@ -2,6 +2,8 @@ package remote
 
 import (
 	"context"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -58,5 +60,40 @@ func TestSFTPDefaults(t *testing.T) {
 			t.Errorf("String() = %q shows coffer's tuning", s.String())
 		}
 		_ = s.Close(ctx)
+	}
+}
+
+// A local Put fsyncs the folders above the object only until one already known durable.
+func TestSyncLocalRemembersDurableFolders(t *testing.T) {
+	ctx := context.Background()
+	root := t.TempDir()
+	st, err := openRclone(ctx, root, Options{}.withDefaults())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close(ctx)
+	durable := func() []string {
+		var out []string
+		st.durableDirs.Range(func(k, _ any) bool { out = append(out, k.(string)); return true })
+		slices.Sort(out)
+		return out
+	}
+	if err := st.Put(ctx, "c/ab/one", []byte("1")); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{filepath.Join(root, "c"), filepath.Join(root, "c", "ab")}
+	if got := durable(); !slices.Equal(got, want) {
+		t.Fatalf("durable folders after the first put: %v, want %v", got, want)
+	}
+	if err := st.Put(ctx, "c/cd/two", []byte("2")); err != nil {
+		t.Fatal(err)
+	}
+	want = append(want, filepath.Join(root, "c", "cd"))
+	slices.Sort(want)
+	if got := durable(); !slices.Equal(got, want) {
+		t.Fatalf("durable folders after a put into a new folder: %v, want %v", got, want)
+	}
+	if b, err := st.GetRange(ctx, "c/cd/two", 0, -1); err != nil || string(b) != "2" {
+		t.Fatalf("read back: %q %v", b, err)
 	}
 }

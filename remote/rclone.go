@@ -140,7 +140,10 @@ type rcloneStore struct {
 	cfgCtx   context.Context // carries our rclone ConfigInfo into every call
 	localDir string          // root folder when the backend is local, for fsync
 	noSync   bool
-	md5      bool // send Content-MD5 on upload (S3)
+	// durableDirs are local folders whose own entry in their parent is known to be on
+	// disk, so a Put into them needs only the file and the folder itself fsynced.
+	durableDirs sync.Map
+	md5         bool // send Content-MD5 on upload (S3)
 
 	mu       sync.RWMutex
 	closed   bool
@@ -315,7 +318,7 @@ func (s *rcloneStore) Put(ctx context.Context, name string, data []byte) error {
 			return ctxErr(ctx, err)
 		}
 		if s.localDir != "" && !s.noSync {
-			return syncLocal(s.localDir, name)
+			return s.syncLocal(name)
 		}
 		return nil
 	}, in.kill)
@@ -325,26 +328,45 @@ func (s *rcloneStore) Put(ctx context.Context, name string, data []byte) error {
 	return nil
 }
 
-// syncLocal makes a local Put durable: the file, then each folder up to
-// the root (rclone's local backend writes without fsync and may have just
-// created the parent folders).
-func syncLocal(root, name string) error {
-	p := filepath.Join(root, filepath.FromSlash(name))
-	for {
-		f, err := os.Open(p)
-		if err != nil {
-			return fmt.Errorf("fsync: %w", err)
+// syncLocal makes a local Put durable: the file, its folder (which holds the new entry),
+// then each folder up to the root, since rclone's local backend writes without fsync and may
+// have just created the parent folders. A folder whose own entry is already known durable
+// ends the walk: 2 fsyncs per object instead of 4 once c/xx/ exists.
+func (s *rcloneStore) syncLocal(name string) error {
+	file := filepath.Join(s.localDir, filepath.FromSlash(name))
+	var synced []string // folders fsynced by this call, deepest first
+	for p := file; ; p = filepath.Dir(p) {
+		if err := fsyncPath(p); err != nil {
+			return err
 		}
-		err = f.Sync()
-		_ = f.Close()
-		if err != nil {
-			return fmt.Errorf("fsync: %w", err)
+		if len(p) <= len(s.localDir) {
+			break
 		}
-		if len(p) <= len(root) {
-			return nil
+		if p != file {
+			if _, ok := s.durableDirs.Load(p); ok {
+				break
+			}
+			synced = append(synced, p)
 		}
-		p = filepath.Dir(p)
 	}
+	// Each of these had its parent fsynced after it: its entry is on disk now.
+	for _, d := range synced {
+		s.durableDirs.Store(d, true)
+	}
+	return nil
+}
+
+func fsyncPath(p string) error {
+	f, err := os.Open(p)
+	if err != nil {
+		return fmt.Errorf("fsync: %w", err)
+	}
+	err = f.Sync()
+	_ = f.Close()
+	if err != nil {
+		return fmt.Errorf("fsync: %w", err)
+	}
+	return nil
 }
 
 func (s *rcloneStore) newObject(ctx context.Context, name string) (fs.Object, error) {
