@@ -185,6 +185,11 @@ func openRclone(ctx context.Context, remote string, opt Options) (*rcloneStore, 
 		f   fs.Fs
 		err error
 	}
+	// A caller that has already given up gets its error, whatever NewFs would do: with
+	// both ready, the select below would pick at random.
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("remote: open %s: %w", desc, err)
+	}
 	ch := make(chan result, 1)
 	fsRemote := remote
 	if p.Name != "" {
