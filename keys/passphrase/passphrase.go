@@ -233,57 +233,62 @@ func (p *Provider) kek(ref keys.KEKRef) (*softkek.KEK, error) {
 	return k, nil
 }
 
-// Seal is AES-256-GCM with the version's AES key.
-func (p *Provider) Seal(ctx context.Context, ref keys.KEKRef, iv, plaintext, aad []byte) ([]byte, error) {
+// use runs f with version ref's KEK under the read lock, after checking ctx.
+func (p *Provider) use(ctx context.Context, ref keys.KEKRef, f func(*softkek.KEK) error) error {
 	if err := ctx.Err(); err != nil {
-		return nil, err
+		return err
 	}
 	p.mu.RLock()
 	defer p.mu.RUnlock()
 	k, err := p.kek(ref)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	out, err := k.Seal(iv, plaintext, aad)
+	return f(k)
+}
+
+// Seal is AES-256-GCM with the version's AES key.
+func (p *Provider) Seal(ctx context.Context, ref keys.KEKRef, iv, plaintext, aad []byte) (out []byte, err error) {
+	err = p.use(ctx, ref, func(k *softkek.KEK) error {
+		if out, err = k.Seal(iv, plaintext, aad); err != nil {
+			return fmt.Errorf("passphrase: seal with KEK %s: %w", ref, err)
+		}
+		return nil
+	})
 	if err != nil {
-		return nil, fmt.Errorf("passphrase: seal with KEK %s: %w", ref, err)
+		return nil, err
 	}
 	return out, nil
 }
 
 // Open reverses Seal: ErrUnwrap if authentication fails.
-func (p *Provider) Open(ctx context.Context, ref keys.KEKRef, iv, ciphertext, aad []byte) ([]byte, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	p.mu.RLock()
-	defer p.mu.RUnlock()
-	k, err := p.kek(ref)
+func (p *Provider) Open(ctx context.Context, ref keys.KEKRef, iv, ciphertext, aad []byte) (out []byte, err error) {
+	err = p.use(ctx, ref, func(k *softkek.KEK) error {
+		out, err = k.Open(iv, ciphertext, aad)
+		if errors.Is(err, softkek.ErrAuth) {
+			return keys.Errorf(keys.ErrUnwrap, "passphrase: KEK %s: authentication failed (wrong key or tampered record)", ref)
+		}
+		if err != nil {
+			return fmt.Errorf("passphrase: open with KEK %s: %w", ref, err)
+		}
+		return nil
+	})
 	if err != nil {
 		return nil, err
-	}
-	out, err := k.Open(iv, ciphertext, aad)
-	if errors.Is(err, softkek.ErrAuth) {
-		return nil, keys.Errorf(keys.ErrUnwrap, "passphrase: KEK %s: authentication failed (wrong key or tampered record)", ref)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("passphrase: open with KEK %s: %w", ref, err)
 	}
 	return out, nil
 }
 
 // MAC is HMAC-SHA256 with the version's HMAC key.
-func (p *Provider) MAC(ctx context.Context, ref keys.KEKRef, msg []byte) ([]byte, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	p.mu.RLock()
-	defer p.mu.RUnlock()
-	k, err := p.kek(ref)
+func (p *Provider) MAC(ctx context.Context, ref keys.KEKRef, msg []byte) (out []byte, err error) {
+	err = p.use(ctx, ref, func(k *softkek.KEK) error {
+		out, err = k.MAC(msg)
+		return err
+	})
 	if err != nil {
 		return nil, err
 	}
-	return k.MAC(msg)
+	return out, nil
 }
 
 // DestroyKEK forgets the version (zeroing it). The catalog must delete its material for the
