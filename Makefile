@@ -4,6 +4,8 @@ PYTHON  ?= /usr/bin/python3
 BIN     := bin/coffer
 FUZZTIME ?= 5s
 export PATH := $(PATH):/usr/local/go/bin
+# runtime/secret: key schedules and stack copies of keys are erased (SECURITY.md, "Wipe").
+export GOEXPERIMENT := runtimesecret
 
 # Fuzz targets run briefly by `make test` (package:target).
 FUZZ := $(addprefix ./crypto/format:,FuzzParseID FuzzHeader FuzzOpenBlock FuzzOpenRange FuzzOpenChunk FuzzOpenBox FuzzLayout)

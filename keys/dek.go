@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"sync"
+
+	"coffer/crypto/secmem"
 )
 
 // DEK is one file's 256-bit data key. Its bytes are zeroed by Wipe; after that Bytes returns
@@ -56,8 +58,11 @@ func (d *DEK) Clone() *DEK {
 	if d.wiped {
 		return nil
 	}
-	b := make([]byte, DEKSize)
-	copy(b, d.b)
+	var b []byte
+	secmem.Do(func() { // the copy passes through vector registers
+		b = make([]byte, DEKSize)
+		copy(b, d.b)
+	})
 	return &DEK{b: b}
 }
 

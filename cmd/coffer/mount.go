@@ -14,12 +14,14 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"runtime/debug"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
+	"coffer/crypto/secmem"
 	cofferfs "coffer/fs"
 	"coffer/fs/content"
 	"coffer/fs/keyops"
@@ -122,13 +124,6 @@ func cmdMount(ctx context.Context, env *cliEnv, args []string) error {
 		return err
 	}
 	defer clear(secret)
-	if mc.foreground {
-		return runDaemon(ctx, env, mc, secret, func(err error) {
-			if err == nil {
-				slog.Info("mounted", "mountpoint", mc.mountpoint)
-			}
-		})
-	}
 	return spawnDaemon(env, mc, args, secret)
 }
 
@@ -177,8 +172,33 @@ func isCofferMount(mnt string) bool {
 	return false
 }
 
-// spawnDaemon re-runs coffer as a session leader in the background, hands it the secret over
-// a pipe (never the environment or argv) and waits until it says the mount is ready.
+// daemonEnv is the daemon's environment: ours without the secrets, plus the settings that
+// make freed memory hold no key: the Go collector overwrites every object it frees
+// (clobberfree: crypto11 drops Go copies of unwrapped DEKs it never clears), and glibc
+// overwrites every chunk it frees (perturb; its per-thread cache skips that, so it is off):
+// the PKCS#11 binding frees C buffers that held DEKs and the PIN without zeroing them.
+// Both are read at process start, hence a fresh process even with --foreground.
+func daemonEnv() []string {
+	var out []string
+	godebug, tunables := "clobberfree=1", "glibc.malloc.perturb=165:glibc.malloc.tcache_count=0"
+	for _, e := range os.Environ() {
+		switch k, v, _ := strings.Cut(e, "="); k {
+		case "COFFER_HSM_PIN", "COFFER_PASSPHRASE", "COFFER_NEW_PASSPHRASE":
+		case "GODEBUG":
+			godebug = v + "," + godebug
+		case "GLIBC_TUNABLES":
+			tunables = v + ":" + tunables
+		default:
+			out = append(out, e)
+		}
+	}
+	return append(out, "GODEBUG="+godebug, "GLIBC_TUNABLES="+tunables)
+}
+
+// spawnDaemon re-runs coffer as the daemon, hands it the secret over a pipe (never the
+// environment or argv) and waits until it says the mount is ready. In the background the
+// daemon is a session leader logging to STATE/daemon.log; with --foreground it logs to our
+// stderr and we wait for it, passing signals on.
 func spawnDaemon(env *cliEnv, mc mountConfig, args []string, secret []byte) error {
 	exe, err := os.Executable()
 	if err != nil {
@@ -202,12 +222,24 @@ func spawnDaemon(env *cliEnv, mc mountConfig, args []string, secret []byte) erro
 	}
 	cmd := exec.Command(exe, append([]string{"mount", "--daemon-child"}, args...)...)
 	cmd.ExtraFiles = []*os.File{readyW, secR}
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	for _, e := range os.Environ() {
-		if !strings.HasPrefix(e, "COFFER_HSM_PIN=") && !strings.HasPrefix(e, "COFFER_PASSPHRASE=") {
-			cmd.Env = append(cmd.Env, e)
-		}
+	cmd.Env = daemonEnv()
+	if mc.foreground {
+		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+		// Its own process group: a ^C reaches it once, through us.
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		sigs := make(chan os.Signal, 4)
+		signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+		defer signal.Stop(sigs)
+		go func() {
+			for s := range sigs {
+				if cmd.Process != nil {
+					cmd.Process.Signal(s)
+				}
+			}
+		}()
+	} else {
+		cmd.Stdout, cmd.Stderr = logf, logf
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	}
 	if err := cmd.Start(); err != nil {
 		readyW.Close()
@@ -229,6 +261,12 @@ func spawnDaemon(env *cliEnv, mc mountConfig, args []string, secret []byte) erro
 	line, err := bufio.NewReader(readyR).ReadString('\n')
 	line = strings.TrimSpace(line)
 	switch {
+	case line == "ok" && mc.foreground:
+		fmt.Fprintf(env.stdout, "mounted %s (daemon pid %d); serving until unmounted\n", mc.mountpoint, cmd.Process.Pid)
+		if err := <-exited; err != nil {
+			return fmt.Errorf("the daemon of %s: %w", mc.mountpoint, err)
+		}
+		return nil
 	case line == "ok":
 		fmt.Fprintf(env.stdout, "mounted %s (daemon pid %d, log %s)\n", mc.mountpoint, cmd.Process.Pid, logPath)
 		return nil
@@ -261,6 +299,76 @@ func harden() {
 	}
 	if err := unix.Setrlimit(unix.RLIMIT_CORE, &unix.Rlimit{}); err != nil {
 		slog.Warn("could not disable core dumps", "err", err)
+	}
+	// Never swapped: every page as it is touched (MCL_ONFAULT: no RSS for reserved but
+	// unused address space). Without CAP_IPC_LOCK or an unlimited RLIMIT_MEMLOCK, locking
+	// future mappings would make allocations fail once the limit is hit, so then only the
+	// key buffers (crypto/secmem) are locked.
+	var lim unix.Rlimit
+	if unix.Getrlimit(unix.RLIMIT_MEMLOCK, &lim) == nil && (lim.Cur == unix.RLIM_INFINITY || hasCapIPCLock()) {
+		if err := unix.Mlockall(unix.MCL_CURRENT | unix.MCL_FUTURE | unix.MCL_ONFAULT); err != nil {
+			slog.Warn("could not lock the daemon's memory: it may be swapped out", "err", err)
+		}
+	} else {
+		slog.Warn("the daemon's memory can be swapped out (no CAP_IPC_LOCK, RLIMIT_MEMLOCK limited); key buffers are locked")
+	}
+	if !secmem.Erasing {
+		slog.Warn("built without GOEXPERIMENT=runtimesecret (use make build): AES key schedules and stack copies of keys may outlive a wipe")
+	}
+}
+
+// hasCapIPCLock reports whether CAP_IPC_LOCK is in our effective set.
+func hasCapIPCLock() bool {
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return false
+	}
+	return data[unix.CAP_IPC_LOCK/32].Effective&(1<<(unix.CAP_IPC_LOCK%32)) != 0
+}
+
+// scrub makes the collector free, and so overwrite (clobberfree, runtime/secret), every
+// heap object a wipe just dropped: ciphers, key schedules, Go copies of DEKs. Two cycles,
+// because objects with cleanups are freed one cycle later.
+//
+// It also rewrites every thread's signal stack: a signal saves the interrupted thread's
+// registers there, and the copy stays until the next signal, so registers that held key
+// bytes at that moment (AES round keys, a DEK being copied, the HSM module's buffers)
+// would survive the wipe. Every thread gets a signal now, while its registers hold no key
+// (key code runs inside secmem.Do, which clears them), overwriting the old frame. SIGURG
+// is Go's own preemption signal, which the runtime expects to see unannounced.
+func scrub() time.Duration {
+	start := time.Now()
+	runtime.GC()
+	runtime.GC()
+	if tasks, err := os.ReadDir("/proc/self/task"); err == nil {
+		for _, t := range tasks {
+			if tid, err := strconv.Atoi(t.Name()); err == nil {
+				_ = unix.Tgkill(os.Getpid(), tid, unix.SIGURG)
+			}
+		}
+	}
+	time.Sleep(5 * time.Millisecond) // delivery is asynchronous
+	debug.FreeOSMemory()             // a third cycle, then memory back to the OS
+	return time.Since(start)
+}
+
+// holdBeforeExit is a test hook: with COFFER_TEST_HOLD_EXIT=DIR the daemon, after its final
+// wipe, creates DIR/held and waits (at most a minute) for DIR/release, so a test can scan
+// the memory of a process that is about to exit.
+func holdBeforeExit(log *slog.Logger) {
+	dir := os.Getenv("COFFER_TEST_HOLD_EXIT")
+	if dir == "" {
+		return
+	}
+	if err := os.WriteFile(filepath.Join(dir, "held"), nil, 0o600); err != nil {
+		log.Error("test hook: hold before exit", "err", err)
+		return
+	}
+	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if _, err := os.Stat(filepath.Join(dir, "release")); err == nil {
+			return
+		}
 	}
 }
 
@@ -365,9 +473,10 @@ func runDaemon(parent context.Context, env *cliEnv, mc mountConfig, secret []byt
 	}
 	ctl.lock = func() (time.Duration, error) {
 		took, err := fsys.Lock()
-		audit("lock", "took_us", took.Microseconds(), "ok", err == nil)
-		log.Warn("locked: every key wiped", "took", took, "err", err)
-		return took, err
+		gc := scrub()
+		audit("lock", "took_us", took.Microseconds(), "scrub_us", gc.Microseconds(), "ok", err == nil)
+		log.Warn("locked: every key wiped", "took", took, "scrub", gc, "err", err)
+		return took + gc, err
 	}
 	ctl.unlock = func(secret []byte) error {
 		if err := fsys.Unlock(ctx, secret); err != nil {
@@ -406,6 +515,8 @@ func runDaemon(parent context.Context, env *cliEnv, mc mountConfig, secret []byt
 	left, cerr := data.Close(cctx)
 	cancel()
 	closeVolume()
+	log.Info("freed memory overwritten", "took", scrub())
+	holdBeforeExit(log)
 	switch {
 	case left > 0:
 		result = fmt.Errorf("unmounted, but %d bytes are still staged (remote unreachable?): they upload at the next mount", left)

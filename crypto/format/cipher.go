@@ -2,13 +2,14 @@ package format
 
 import (
 	"bytes"
-	"crypto/aes"
 	"crypto/cipher"
 	"encoding/binary"
 	"fmt"
 	"slices"
 	"sync"
 	"sync/atomic"
+
+	"coffer/crypto/secmem"
 )
 
 // NonceSize is the GCM nonce size (96 bits).
@@ -76,11 +77,7 @@ var scratchPool = sync.Pool{New: func() any { return new(scratch) }}
 // so that a later change can build ciphers inside runtime/secret and have
 // the expanded key schedule erased when it is collected.
 func newAEAD(key []byte) (cipher.AEAD, error) {
-	block, err := aes.NewCipher(key)
-	if err != nil {
-		return nil, err
-	}
-	return cipher.NewGCM(block)
+	return secmem.NewAESGCM(key)
 }
 
 // NewCipher derives the object subkey from the file's 32-byte DEK and the

@@ -5,6 +5,8 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
+
+	"coffer/crypto/secmem"
 )
 
 // KeySize is the size of every key this package takes or derives (AES-256).
@@ -53,7 +55,11 @@ func DeriveKey(master []byte, purpose string, fields ...[]byte) ([]byte, error) 
 	if purpose == "" {
 		return nil, fmt.Errorf("format: derive key: empty purpose label")
 	}
-	k, err := hkdf.Key(sha256.New, master, nil, string(kdfInfo(purpose, fields)), KeySize)
+	info := string(kdfInfo(purpose, fields))
+	var k []byte
+	var err error
+	// HMAC states holding master live on the stack and heap: erase them.
+	secmem.Do(func() { k, err = hkdf.Key(sha256.New, master, nil, info, KeySize) })
 	if err != nil {
 		return nil, fmt.Errorf("format: derive %q key: %w", purpose, err)
 	}

@@ -31,6 +31,7 @@ import (
 	"github.com/ThalesIgnite/crypto11"
 	"github.com/miekg/pkcs11"
 
+	"coffer/crypto/secmem"
 	"coffer/keys"
 )
 
@@ -477,6 +478,7 @@ func (p *Provider) Wipe() error {
 // seal calls crypto11's Seal, which panics on PKCS#11 errors (cipher.AEAD cannot return
 // one), and turns the panic into an error.
 func seal(g cipher.AEAD, iv, plaintext, aad []byte) (out []byte, err error) {
+	defer secmem.EraseRegisters() // the module copied key bytes through them
 	defer func() {
 		if r := recover(); r != nil {
 			out, err = nil, panicError(r)
@@ -486,6 +488,7 @@ func seal(g cipher.AEAD, iv, plaintext, aad []byte) (out []byte, err error) {
 }
 
 func open(g cipher.AEAD, iv, ciphertext, aad []byte) (out []byte, err error) {
+	defer secmem.EraseRegisters() // the module copied key bytes through them
 	defer func() {
 		if r := recover(); r != nil {
 			out, err = nil, panicError(r)
@@ -496,6 +499,7 @@ func open(g cipher.AEAD, iv, ciphertext, aad []byte) (out []byte, err error) {
 
 // hmacSum computes HMAC-SHA256 inside the token. crypto11's Sum panics on errors.
 func hmacSum(key *crypto11.SecretKey, msg []byte) (out []byte, err error) {
+	defer secmem.EraseRegisters() // the module copied key bytes through them
 	defer func() {
 		if r := recover(); r != nil {
 			out, err = nil, panicError(r)

@@ -15,7 +15,6 @@ package passphrase
 import (
 	"cmp"
 	"context"
-	"crypto/aes"
 	"crypto/cipher"
 	"crypto/rand"
 	"crypto/subtle"
@@ -29,6 +28,7 @@ import (
 
 	"golang.org/x/crypto/argon2"
 
+	"coffer/crypto/secmem"
 	"coffer/keys"
 	"coffer/keys/internal/softkek"
 )
@@ -102,10 +102,15 @@ func derive(pass []byte, volume [keys.IDSize]byte, params Params) (kwk []byte, c
 	if len(pass) == 0 {
 		return nil, check, errors.New("passphrase: the passphrase is empty")
 	}
-	m := argon2.IDKey(pass, params.Salt[:], params.Time, params.MemoryKiB, params.Threads, 32)
-	defer clear(m)
-	kwk = softkek.HMAC(m, infoKWK(volume))
-	copy(check[:], softkek.HMAC(m, infoCheck(volume)))
+	// Argon2id's 64 MiB of blocks, M and the HMAC states are allocated inside Do, so the
+	// runtime erases them once collected (its lane goroutines' stacks are not covered:
+	// they hold mixed blocks, not M or the passphrase).
+	secmem.Do(func() {
+		m := argon2.IDKey(pass, params.Salt[:], params.Time, params.MemoryKiB, params.Threads, 32)
+		defer clear(m)
+		kwk = softkek.HMAC(m, infoKWK(volume))
+		copy(check[:], softkek.HMAC(m, infoCheck(volume)))
+	})
 	return kwk, check, nil
 }
 
@@ -127,11 +132,11 @@ func newProvider(volume [keys.IDSize]byte, kwk []byte) (*Provider, error) {
 }
 
 func newGCM(key []byte) (cipher.AEAD, error) {
-	block, err := aes.NewCipher(key)
+	a, err := secmem.NewAESGCM(key)
 	if err != nil {
 		return nil, fmt.Errorf("passphrase: %w", err)
 	}
-	return cipher.NewGCM(block)
+	return a, nil
 }
 
 // Kind returns "passphrase".

@@ -93,6 +93,7 @@ func buildCoffer(out string) error {
 	}
 	cmd := exec.Command(goBin, "build", "-o", out, "./cmd/coffer")
 	cmd.Dir = modRoot
+	cmd.Env = append(os.Environ(), "GOEXPERIMENT=runtimesecret") // as `make build`
 	if b, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("go build ./cmd/coffer: %v\n%s", err, b)
 	}

@@ -4,12 +4,13 @@
 package softkek
 
 import (
-	"crypto/aes"
 	"crypto/cipher"
 	"crypto/sha256"
 	"errors"
 	"fmt"
 	"sync"
+
+	"coffer/crypto/secmem"
 )
 
 // Size is the length of a KEK version's key material: AES key || HMAC key.
@@ -34,11 +35,7 @@ func New(key []byte) (*KEK, error) {
 	if len(key) != Size {
 		return nil, fmt.Errorf("softkek: key material is %d bytes, want %d", len(key), Size)
 	}
-	block, err := aes.NewCipher(key[:32])
-	if err != nil {
-		return nil, fmt.Errorf("softkek: %w", err)
-	}
-	aead, err := cipher.NewGCM(block)
+	aead, err := secmem.NewAESGCM(key[:32])
 	if err != nil {
 		return nil, fmt.Errorf("softkek: %w", err)
 	}
@@ -100,6 +97,12 @@ func HMAC(key, msg []byte) []byte {
 	if len(key) > sha256.BlockSize {
 		panic("softkek: HMAC key longer than one block")
 	}
+	var out []byte
+	secmem.Do(func() { out = hmacSHA256(key, msg) })
+	return out
+}
+
+func hmacSHA256(key, msg []byte) []byte {
 	var pad [sha256.BlockSize]byte
 	defer clear(pad[:])
 	copy(pad[:], key)
