@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -104,6 +105,7 @@ func testWipe(t *testing.T, mode string) {
 
 	known := learnKeys(t, mode, w.state, w.secret)
 	pid := w.mount(t, mountEnv)
+	checkHardening(t, pid, w.secret)
 	for round := 1; round <= 5; round++ {
 		w.use(t, round)
 		pats := known.patterns(t, w.sealLog)
@@ -213,6 +215,41 @@ func (w *wipeVol) use(t *testing.T, round int) {
 
 func dropPageCache(f *os.File) {
 	_ = unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED)
+}
+
+// checkHardening checks what the wipe relies on in the running daemon: its memory locked
+// (never swapped), no core files, the settings that make freed memory get overwritten, and
+// the secret in neither its environment nor its argv.
+func checkHardening(t *testing.T, pid int, secret []byte) {
+	t.Helper()
+	read := func(name string) string {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/%s", pid, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	status, limits := read("status"), read("limits")
+	environ, cmdline := read("environ"), read("cmdline")
+	for _, line := range strings.Split(status, "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmLck:" && os.Geteuid() == 0 && f[1] == "0" {
+			t.Errorf("the daemon runs as root but locked no memory (mlockall): %s", line)
+		}
+	}
+	for _, line := range strings.Split(limits, "\n") {
+		if f := strings.Fields(line); strings.HasPrefix(line, "Max core file size") && (len(f) < 6 || f[4] != "0" || f[5] != "0") {
+			t.Errorf("the daemon may write core files: %q", line)
+		}
+	}
+	env := strings.Split(environ, "\x00")
+	for _, want := range []string{"GODEBUG=clobberfree=1", "GLIBC_TUNABLES=glibc.malloc.tcache_count=0", "MALLOC_PERTURB_=165"} {
+		if !slices.Contains(env, want) {
+			t.Errorf("the daemon's environment lacks %s", want)
+		}
+	}
+	if strings.Contains(environ, string(secret)) || strings.Contains(cmdline, string(secret)) {
+		t.Errorf("the PIN or passphrase is in the daemon's environment or argv")
+	}
 }
 
 // knownKeys are the volume's secrets the test derived on its own, offline.

@@ -180,10 +180,10 @@ func isCofferMount(mnt string) bool {
 // Both are read at process start, hence a fresh process even with --foreground.
 func daemonEnv() []string {
 	var out []string
-	godebug, tunables := "clobberfree=1", "glibc.malloc.perturb=165:glibc.malloc.tcache_count=0"
+	godebug, tunables := "clobberfree=1", "glibc.malloc.tcache_count=0"
 	for _, e := range os.Environ() {
 		switch k, v, _ := strings.Cut(e, "="); k {
-		case "COFFER_HSM_PIN", "COFFER_PASSPHRASE", "COFFER_NEW_PASSPHRASE":
+		case "COFFER_HSM_PIN", "COFFER_PASSPHRASE", "COFFER_NEW_PASSPHRASE", "MALLOC_PERTURB_":
 		case "GODEBUG":
 			godebug = v + "," + godebug
 		case "GLIBC_TUNABLES":
@@ -192,7 +192,7 @@ func daemonEnv() []string {
 			out = append(out, e)
 		}
 	}
-	return append(out, "GODEBUG="+godebug, "GLIBC_TUNABLES="+tunables)
+	return append(out, "GODEBUG="+godebug, "GLIBC_TUNABLES="+tunables, "MALLOC_PERTURB_=165")
 }
 
 // spawnDaemon re-runs coffer as the daemon, hands it the secret over a pipe (never the
