@@ -40,6 +40,10 @@ type openState struct {
 	// priv caches mode & (S_ISUID|S_ISGID|S_IXGRP), so that a write knows
 	// without a catalog read whether it must clear suid/sgid.
 	priv atomic.Uint32
+
+	// revoked: the file is being (or was) shredded on the live mount; every
+	// handle on it fails with EKEYREVOKED (see RevokeFiles).
+	revoked atomic.Bool
 }
 
 func (f *FS) pin(ino uint64) *openState {
@@ -48,6 +52,9 @@ func (f *FS) pin(ino uint64) *openState {
 	s := f.open[ino]
 	if s == nil {
 		s = &openState{}
+		if _, ok := f.revoked[ino]; ok {
+			s.revoked.Store(true)
+		}
 		f.open[ino] = s
 	}
 	s.pins++
@@ -98,6 +105,8 @@ func (f *FS) openFile(ctx context.Context, node *Node, ino uint64, flags uint32,
 		err = syscall.EINVAL
 	case in.Nlink == 0 && s.opens == 0:
 		err = syscall.ENOENT // unlinked and being reaped
+	case s.revoked.Load():
+		err = syscall.EKEYREVOKED // being shredded: its key is gone
 	case f.vol.Locked():
 		err = syscall.EKEYREVOKED // coffer lock: contents unreadable until unlock
 	}
@@ -141,7 +150,7 @@ func (n *Node) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, off in
 	if !ok {
 		return nil, syscall.EBADF
 	}
-	if n.fsys.vol.Locked() {
+	if n.fsys.vol.Locked() || h.st.revoked.Load() {
 		return nil, syscall.EKEYREVOKED
 	}
 	c := bg(ctx)
@@ -223,7 +232,7 @@ func (n *Node) Write(ctx context.Context, fh gofs.FileHandle, data []byte, off i
 	if !ok {
 		return 0, syscall.EBADF
 	}
-	if f.vol.Locked() {
+	if f.vol.Locked() || h.st.revoked.Load() {
 		return 0, syscall.EKEYREVOKED
 	}
 	c := bg(ctx)
@@ -238,8 +247,8 @@ func (n *Node) Write(ctx context.Context, fh gofs.FileHandle, data []byte, off i
 
 func (n *Node) Flush(ctx context.Context, fh gofs.FileHandle) syscall.Errno {
 	h, ok := fh.(*handle)
-	if !ok {
-		return 0
+	if !ok || h.st.revoked.Load() {
+		return 0 // a shredded file has nothing left to record; close(2) succeeds
 	}
 	if err := h.file.Flush(bg(ctx)); err != nil {
 		return n.fsys.errno("flush", h.ino, err) // close(2) returns it
@@ -250,7 +259,7 @@ func (n *Node) Flush(ctx context.Context, fh gofs.FileHandle) syscall.Errno {
 func (n *Node) Fsync(ctx context.Context, fh gofs.FileHandle, flags uint32) syscall.Errno {
 	f, c := n.fsys, bg(ctx)
 	if h, ok := fh.(*handle); ok {
-		if f.vol.Locked() {
+		if f.vol.Locked() || h.st.revoked.Load() {
 			return syscall.EKEYREVOKED // staged data cannot be uploaded until unlock
 		}
 		if err := h.file.Sync(c); err != nil {
@@ -300,7 +309,7 @@ func (n *Node) Allocate(ctx context.Context, fh gofs.FileHandle, off, size uint6
 	if off > 1<<62 || size > 1<<62 {
 		return syscall.EFBIG
 	}
-	if f.vol.Locked() {
+	if f.vol.Locked() || h.st.revoked.Load() {
 		return syscall.EKEYREVOKED
 	}
 	c := bg(ctx)
@@ -315,6 +324,9 @@ func (n *Node) Lseek(ctx context.Context, fh gofs.FileHandle, off uint64, whence
 	h, ok := fh.(*handle)
 	if !ok {
 		return 0, syscall.EBADF
+	}
+	if h.st.revoked.Load() {
+		return 0, syscall.EKEYREVOKED
 	}
 	if off > 1<<63-1 {
 		return 0, syscall.ENXIO

@@ -36,6 +36,10 @@
 //     creating one fail with EKEYREVOKED ("Key has been revoked"), also
 //     through descriptors opened before, whose cached pages are dropped;
 //     names and attributes keep working. close(2) still succeeds.
+//   - A file crypto-shredded while mounted (coffer shred, see shred.go) is
+//     revoked first: every descriptor still open on it fails its next read,
+//     write, fsync, fallocate, lseek and fstat with EKEYREVOKED, for good;
+//     close(2) succeeds. Its names vanish at once (the kernel's cache too).
 //   - Not supported: O_TMPFILE (EOPNOTSUPP; programs fall back to a named
 //     temporary file), and byte-range locks are the kernel's local ones.
 package fs
@@ -116,9 +120,16 @@ type FS struct {
 	// answers from its listing instead); tests read it.
 	nodeLookups atomic.Int64
 
-	// userKEKs caches the current per-user KEK version (per-user volumes).
+	// volKEK is the volume's current KEK version and userKEKs the current
+	// per-user ones (per-user volumes), as last read from the catalog; a
+	// create checks them inside its transaction (a live rotation moves them).
 	kekMu    sync.Mutex
+	volKEK   keys.KEKRef
 	userKEKs map[uint32]keys.KEKRef
+
+	// revoked are the inodes being shredded on the live mount (under
+	// openMu): opening them fails with EKEYREVOKED.
+	revoked map[uint64]struct{}
 }
 
 func newFS(v *volume.Volume, data dataStore, opt Options) *FS {
@@ -135,7 +146,8 @@ func newFS(v *volume.Volume, data dataStore, opt Options) *FS {
 		opt.FsName = "coffer"
 	}
 	f := &FS{vol: v, cat: v.Catalog, data: data, opt: opt, log: opt.Logger,
-		open: map[uint64]*openState{}, orphans: map[uint64]struct{}{}, userKEKs: map[uint32]keys.KEKRef{}}
+		open: map[uint64]*openState{}, orphans: map[uint64]struct{}{}, userKEKs: map[uint32]keys.KEKRef{},
+		volKEK: v.KEK, revoked: map[uint64]struct{}{}}
 	f.root = &Node{fsys: f}
 	return f
 }

@@ -149,6 +149,9 @@ func (n *Node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*go
 
 func (n *Node) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	f := n.fsys
+	if h, ok := fh.(*handle); ok && h.st.revoked.Load() {
+		return syscall.EKEYREVOKED // fstat of a shredded file: nothing is left of it
+	}
 	in, err := f.cat.GetInode(bg(ctx), n.ino())
 	if err != nil {
 		return f.errno("getattr", n.ino(), err)
@@ -325,35 +328,87 @@ func fromMetaKey(k meta.KeyRecord) keys.Record {
 
 // createFile makes a regular file with a fresh key: the key is made (and
 // wrapped in the HSM) before the catalog transaction, so the write lock is
-// never held across an HSM call.
+// never held across an HSM call. The transaction checks that the KEK
+// version is still current: a rotation on the live mount that made a new
+// one meanwhile makes it start over with that one, so no file is keyed
+// under a version the rotation has already drained.
 func (f *FS) createFile(ctx context.Context, parent uint64, name string, mode uint32) (meta.Inode, error) {
 	uid, gid := caller(ctx)
-	var fid [16]byte
-	rand.Read(fid[:])
-	kek, err := f.kekFor(ctx, uid)
-	if err != nil {
-		return meta.Inode{}, err
-	}
-	rec, dek, err := f.vol.Keys.NewFileKey(ctx, f.vol.KeyMode, kek, fid)
-	if err != nil {
-		return meta.Inode{}, err
-	}
-	dek.Wipe() // the keyring caches its own copy for the first open
-	kr := toMetaKey(rec)
-	var in meta.Inode
-	err = f.cat.Update(ctx, func(t *meta.Tx) error {
-		attr, err := newAttr(t, parent, syscall.S_IFREG|mode&0o7777, uid, gid)
+	for attempt := 0; ; attempt++ {
+		var fid [16]byte
+		rand.Read(fid[:])
+		kek, err := f.kekFor(ctx, uid)
 		if err != nil {
-			return err
+			return meta.Inode{}, err
 		}
-		attr.FileID = fid
-		in, err = t.CreateFile(parent, []byte(name), attr, &kr)
-		return err
-	})
-	if err != nil {
-		f.vol.Keys.Forget(fid)
+		rec, dek, err := f.vol.Keys.NewFileKey(ctx, f.vol.KeyMode, kek, fid)
+		if errors.Is(err, keys.ErrKEKMissing) && attempt == 0 {
+			f.forgetKEK(uid) // retired by a rotation since it was cached
+			continue
+		}
+		if err != nil {
+			return meta.Inode{}, err
+		}
+		dek.Wipe() // the keyring caches its own copy for the first open
+		kr := toMetaKey(rec)
+		var in meta.Inode
+		err = f.cat.Update(ctx, func(t *meta.Tx) error {
+			if err := checkCurrentKEK(t, kek); err != nil {
+				return err
+			}
+			attr, err := newAttr(t, parent, syscall.S_IFREG|mode&0o7777, uid, gid)
+			if err != nil {
+				return err
+			}
+			attr.FileID = fid
+			in, err = t.CreateFile(parent, []byte(name), attr, &kr)
+			return err
+		})
+		if err != nil {
+			f.vol.Keys.Forget(fid)
+		}
+		if errors.Is(err, errKEKMoved) && attempt < 3 {
+			f.forgetKEK(uid)
+			continue
+		}
+		return in, err
 	}
-	return in, err
+}
+
+// errKEKMoved: the KEK version a key was made under is no longer current.
+var errKEKMoved = errors.New("the current KEK version changed (rotation or shred); retrying with the new one")
+
+// checkCurrentKEK fails with errKEKMoved unless kek is its chain's current
+// version in the transaction's view of the catalog.
+func checkCurrentKEK(t *meta.Tx, kek keys.KEKRef) error {
+	cur, err := t.CurrentKEK(kek.Chain)
+	if errors.Is(err, syscall.ENOENT) || err == nil && cur.Version != kek.Version {
+		return errKEKMoved
+	}
+	return err
+}
+
+// KEKsChanged drops every cached current KEK version: the daemon calls it
+// after a rotation, a retirement or a user shred on the live mount, so the
+// next create reads the new ones from the catalog at once.
+func (f *FS) KEKsChanged() {
+	f.kekMu.Lock()
+	defer f.kekMu.Unlock()
+	f.volKEK = keys.KEKRef{}
+	clear(f.userKEKs)
+}
+
+// forgetKEK drops the cached current KEK version of uid's chain (the
+// volume's on a volume without per-user KEKs): the next kekFor reads it
+// from the catalog again.
+func (f *FS) forgetKEK(uid uint32) {
+	f.kekMu.Lock()
+	defer f.kekMu.Unlock()
+	if f.vol.PerUser {
+		delete(f.userKEKs, uid)
+	} else {
+		f.volKEK = keys.KEKRef{}
+	}
 }
 
 func (n *Node) Create(ctx context.Context, name string, flags, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
@@ -755,11 +810,18 @@ func (n *Node) Removexattr(ctx context.Context, attr string) syscall.Errno {
 // kekFor is the KEK version new files of uid are keyed under: the volume's
 // current one, or on a per-user volume the user's (made on their first file).
 func (f *FS) kekFor(ctx context.Context, uid uint32) (keys.KEKRef, error) {
-	if !f.vol.PerUser {
-		return f.vol.KEK, nil
-	}
 	f.kekMu.Lock()
 	defer f.kekMu.Unlock()
+	if !f.vol.PerUser {
+		if f.volKEK.Version == 0 {
+			cur, err := f.cat.CurrentKEK(ctx, "")
+			if err != nil {
+				return keys.KEKRef{}, err
+			}
+			f.volKEK = keys.KEKRef{Chain: cur.Chain, Version: cur.Version}
+		}
+		return f.volKEK, nil
+	}
 	if ref, ok := f.userKEKs[uid]; ok {
 		return ref, nil
 	}
@@ -815,16 +877,26 @@ func (f *FS) rekeyForOwner(ctx context.Context, in *meta.Inode) error {
 	if old.Chain == keys.UserChain(in.UID) {
 		return nil
 	}
-	to, err := f.kekFor(ctx, in.UID)
-	if err != nil {
+	for attempt := 0; ; attempt++ {
+		to, err := f.kekFor(ctx, in.UID)
+		if err != nil {
+			return err
+		}
+		nrec, err := f.vol.Keys.Rewrap(ctx, fromMetaKey(old), in.FileID, to)
+		if err != nil {
+			return err
+		}
+		err = f.cat.Update(ctx, func(t *meta.Tx) error {
+			if err := checkCurrentKEK(t, to); err != nil {
+				return err
+			}
+			_, err := t.SwapKey(in.Ino, old, toMetaKey(nrec))
+			return err
+		})
+		if errors.Is(err, errKEKMoved) && attempt < 3 {
+			f.forgetKEK(in.UID)
+			continue
+		}
 		return err
 	}
-	nrec, err := f.vol.Keys.Rewrap(ctx, fromMetaKey(old), in.FileID, to)
-	if err != nil {
-		return err
-	}
-	if _, err := f.cat.SwapKey(ctx, in.Ino, old, toMetaKey(nrec)); err != nil {
-		return err
-	}
-	return nil
 }

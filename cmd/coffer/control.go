@@ -16,6 +16,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"coffer/fs/keyops"
 )
 
 // The control socket lets `coffer unmount`, `lock`, `unlock` and `status MOUNTPOINT` talk to
@@ -23,11 +25,21 @@ import (
 // peer's uid is checked with SO_PEERCRED (root or the user who mounted). One request per
 // connection: a JSON line, then (unlock only) the raw PIN or passphrase up to the client's
 // half-close, never inside the JSON (which would leave copies in decoder buffers); one JSON
-// reply.
+// reply. Key operations (rotate, shred: live.go) stream progress lines before their reply.
 
 type ctlRequest struct {
-	Op string `json:"op"` // "status" | "unmount" | "lock" | "unlock"
+	Op string `json:"op"` // "status" | "unmount" | "lock" | "unlock" | "rotate" | "shred"
+
+	// rotate and shred (live.go)
+	RetireOld bool     `json:"retire_old,omitempty"`
+	Paths     []string `json:"paths,omitempty"` // shred: volume paths or paths under the mountpoint
+	User      *uint32  `json:"user,omitempty"`  // shred --user
+	Volume    bool     `json:"volume,omitempty"`
+	Now       bool     `json:"now,omitempty"`
 }
+
+// maxRequest bounds a request line (a shred may name many paths).
+const maxRequest = 1 << 20
 
 // maxSecret bounds the secret an unlock request may carry.
 const maxSecret = 4096
@@ -37,6 +49,10 @@ type ctlReply struct {
 	Error  string          `json:"error,omitempty"`
 	Status json.RawMessage `json:"status,omitempty"`
 	Took   string          `json:"took,omitempty"` // lock: how long the wipe took
+
+	// rotate and shred: progress lines until the final reply, which carries the result
+	Progress *keyops.Progress `json:"progress,omitempty"`
+	Result   json.RawMessage  `json:"result,omitempty"`
 }
 
 // readLine reads up to and including '\n' one byte at a time, so that nothing after the
@@ -82,8 +98,11 @@ type ctlServer struct {
 	unmount func() error // asks the mount to go away; returns once the daemon has finished
 	lock    func() (time.Duration, error)
 	unlock  func(secret []byte) error
+	keyop   func(c *net.UnixConn, uid int, req ctlRequest) // rotate, shred (live.go)
 	log     *slog.Logger
 	pending sync.WaitGroup // unmount replies not yet written
+	pendMu  sync.Mutex     // orders pending.Add before flush's Wait
+	flushed bool           // flush started: no more Add
 }
 
 func listenControl(mountpoint string, log *slog.Logger) (*ctlServer, error) {
@@ -123,6 +142,9 @@ func (s *ctlServer) close() { s.ln.Close() }
 // flush waits (up to d) until every `coffer unmount` waiting on this daemon got its answer,
 // so the process does not exit under them.
 func (s *ctlServer) flush(d time.Duration) {
+	s.pendMu.Lock()
+	s.flushed = true
+	s.pendMu.Unlock()
 	ch := make(chan struct{})
 	go func() { s.pending.Wait(); close(ch) }()
 	select {
@@ -141,7 +163,7 @@ func (s *ctlServer) handle(c *net.UnixConn) {
 		return
 	}
 	c.SetReadDeadline(time.Now().Add(10 * time.Second))
-	line, err := readLine(c, 1024)
+	line, err := readLine(c, maxRequest)
 	var req ctlRequest
 	if err == nil {
 		err = json.Unmarshal(line, &req)
@@ -163,8 +185,12 @@ func (s *ctlServer) handle(c *net.UnixConn) {
 		}
 		reply(ctlReply{OK: true, Status: b})
 	case "unmount":
-		s.pending.Add(1)
-		defer s.pending.Done()
+		s.pendMu.Lock()
+		if !s.flushed {
+			s.pending.Add(1)
+			defer s.pending.Done()
+		}
+		s.pendMu.Unlock()
 		if err := s.unmount(); err != nil {
 			reply(ctlReply{Error: err.Error()})
 			return
@@ -177,6 +203,12 @@ func (s *ctlServer) handle(c *net.UnixConn) {
 			return
 		}
 		reply(ctlReply{OK: true, Took: took.String()})
+	case "rotate", "shred":
+		if s.keyop == nil {
+			reply(ctlReply{Error: "this daemon cannot run key operations"})
+			return
+		}
+		s.keyop(c, uid, req)
 	case "unlock":
 		secret := make([]byte, maxSecret)
 		defer clear(secret)
@@ -197,6 +229,23 @@ func (s *ctlServer) handle(c *net.UnixConn) {
 	default:
 		reply(ctlReply{Error: fmt.Sprintf("unknown request %q", req.Op)})
 	}
+}
+
+// ctlDial connects to the control socket of the daemon serving mountpoint.
+func ctlDial(ctx context.Context, mountpoint string) (net.Conn, string, error) {
+	abs, err := filepath.Abs(mountpoint)
+	if err != nil {
+		return nil, "", err
+	}
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "unix", socketPath(abs))
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ECONNREFUSED) {
+			return nil, abs, fmt.Errorf("no coffer daemon serves %s", abs)
+		}
+		return nil, abs, fmt.Errorf("reach the coffer daemon of %s: %w", abs, err)
+	}
+	return c, abs, nil
 }
 
 func peerUID(c *net.UnixConn) (int, error) {
@@ -224,17 +273,9 @@ func ctlCall(ctx context.Context, mountpoint string, op string, timeout time.Dur
 
 // ctlCallSecret is ctlCall with a secret sent after the request line (unlock).
 func ctlCallSecret(ctx context.Context, mountpoint string, op string, secret []byte, timeout time.Duration) (ctlReply, error) {
-	abs, err := filepath.Abs(mountpoint)
+	c, abs, err := ctlDial(ctx, mountpoint)
 	if err != nil {
 		return ctlReply{}, err
-	}
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "unix", socketPath(abs))
-	if err != nil {
-		if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ECONNREFUSED) {
-			return ctlReply{}, fmt.Errorf("no coffer daemon serves %s", abs)
-		}
-		return ctlReply{}, fmt.Errorf("reach the coffer daemon of %s: %w", abs, err)
 	}
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(timeout))

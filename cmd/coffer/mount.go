@@ -329,7 +329,8 @@ func hasCapIPCLock() bool {
 
 // scrub makes the collector free, and so overwrite (clobberfree, runtime/secret), every
 // heap object a wipe just dropped: ciphers, key schedules, Go copies of DEKs. Two cycles,
-// because objects with cleanups are freed one cycle later.
+// because objects with cleanups or finalizers are freed one cycle later; the second one,
+// FreeOSMemory's, also hands freed pages back to the OS.
 //
 // It also rewrites every thread's signal stack: a signal saves the interrupted thread's
 // registers there, and the copy stays until the next signal, so registers that held key
@@ -340,7 +341,6 @@ func hasCapIPCLock() bool {
 func scrub() time.Duration {
 	start := time.Now()
 	runtime.GC()
-	runtime.GC()
 	if tasks, err := os.ReadDir("/proc/self/task"); err == nil {
 		for _, t := range tasks {
 			if tid, err := strconv.Atoi(t.Name()); err == nil {
@@ -348,8 +348,8 @@ func scrub() time.Duration {
 			}
 		}
 	}
-	time.Sleep(5 * time.Millisecond) // delivery is asynchronous
-	debug.FreeOSMemory()             // a third cycle, then memory back to the OS
+	time.Sleep(time.Millisecond) // delivery is asynchronous
+	debug.FreeOSMemory()
 	return time.Since(start)
 }
 
@@ -488,6 +488,8 @@ func runDaemon(parent context.Context, env *cliEnv, mc mountConfig, secret []byt
 		log.Warn("unlocked")
 		return nil
 	}
+	live := newLiveKeyOps(v, data, fsys, mc.mountpoint, log) // rotate and shred while mounted
+	ctl.keyop = live.serve
 	go ctl.serve()
 
 	sigs := make(chan os.Signal, 2)
@@ -509,6 +511,7 @@ func runDaemon(parent context.Context, env *cliEnv, mc mountConfig, secret []byt
 	log.Info("serving", "mountpoint", mc.mountpoint, "volume", hex.EncodeToString(v.ID[:]), "remote", v.Remote)
 	signalReady(nil)
 	srv.Wait()
+	live.stop() // a key operation in progress ends before the volume closes
 	log.Info("unmounted; uploading what is staged", "mountpoint", mc.mountpoint)
 
 	cctx, cancel := context.WithTimeout(ctx, mc.unmountTimeout)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -17,6 +18,7 @@ import (
 	"coffer/fs/keyops"
 	"coffer/fs/meta"
 	"coffer/fs/volume"
+	"coffer/keys"
 
 	"golang.org/x/term"
 )
@@ -40,22 +42,30 @@ func addOfflineFlags(fl *flag.FlagSet) offlineFlags {
 
 func notMounted(state string, err error) error {
 	if errors.Is(err, syscall.EBUSY) {
-		return fmt.Errorf("the volume in %s is in use (mounted, or another coffer command is running): unmount it first; "+
-			"rotating or shredding a mounted volume is not supported yet", state)
+		return fmt.Errorf("the volume in %s is in use (it was just mounted, or another coffer command is running): try again", state)
 	}
 	return err
 }
 
-// openOffline opens the volume of --state for a key command: it must not be mounted.
-func openOffline(ctx context.Context, env *cliEnv, f offlineFlags) (*volume.Volume, error) {
+// absState checks --state and makes it absolute.
+func absState(f offlineFlags) (string, error) {
 	if *f.state == "" {
-		return nil, usageError{"--state DIR is required"}
+		return "", usageError{"--state DIR is required"}
 	}
 	state, err := filepath.Abs(*f.state)
 	if err != nil {
-		return nil, err
+		return "", err
 	}
 	*f.state = state
+	return state, nil
+}
+
+// openOffline opens the volume of --state for a key command: it must not be mounted.
+func openOffline(ctx context.Context, env *cliEnv, f offlineFlags) (*volume.Volume, error) {
+	state, err := absState(f)
+	if err != nil {
+		return nil, err
+	}
 	src, err := stateSecret(ctx, *f.state, *f.pinFile, *f.passFile)
 	if err != nil {
 		return nil, err
@@ -106,7 +116,11 @@ func (p *progressPrinter) update(pr keyops.Progress) {
 	if rate > 0 {
 		eta = (time.Duration(float64(pr.Total-pr.Done)/rate) * time.Second).Round(time.Second).String()
 	}
-	fmt.Fprintf(p.w, "\r%s: %d/%d key records, %.0f/s, ETA %s   ", p.what, pr.Done, pr.Total, rate, eta)
+	unit := pr.Unit
+	if unit == "" {
+		unit = "key records"
+	}
+	fmt.Fprintf(p.w, "\r%s: %d/%d %s, %.0f/s, ETA %s   ", p.what, pr.Done, pr.Total, unit, rate, eta)
 	p.shown = true
 }
 
@@ -139,6 +153,16 @@ func cmdRotate(ctx context.Context, env *cliEnv, args []string) error {
 	if len(pos) > 0 {
 		return usageError{fmt.Sprintf("unexpected argument %q", pos[0])}
 	}
+	state, err := absState(of)
+	if err != nil {
+		return err
+	}
+	// A mounted volume is rotated by its daemon (the only writer of its catalog).
+	if mnt, err := liveMountpoint(ctx, state); err != nil {
+		return err
+	} else if mnt != "" {
+		return rotateLive(ctx, env, mnt, *retire)
+	}
 	v, err := openOffline(ctx, env, of)
 	if err != nil {
 		return err
@@ -151,8 +175,8 @@ func cmdRotate(ctx context.Context, env *cliEnv, args []string) error {
 		pp.end()
 	}
 	if err != nil {
-		if errors.Is(err, keyops.ErrDeriveRotation) {
-			return fmt.Errorf("this volume uses key mode derive: %w", err)
+		if v.KeyMode == keys.ModeDerive {
+			return fmt.Errorf("%w (rerun coffer rotate to finish: %d chunks were re-encrypted before it stopped)", err, res.Reencrypted)
 		}
 		return fmt.Errorf("%w (rerun coffer rotate to finish: %d key records were re-wrapped before it stopped)", err, res.Rewrapped)
 	}
@@ -176,6 +200,10 @@ func rotateSummary(res keyops.RotateResult, retire bool) string {
 	if res.Rewrapped > 0 && res.Elapsed > 0 {
 		fmt.Fprintf(&b, " (%.0f/s)", float64(res.Rewrapped)/res.Elapsed.Seconds())
 	}
+	if res.Rekeyed > 0 || res.Reencrypted > 0 {
+		fmt.Fprintf(&b, "; derive mode: %d key records moved to the new version, %d chunks (%.1f MiB) re-encrypted into new objects, %d old objects deleted",
+			res.Rekeyed, res.Reencrypted, float64(res.ReencryptedBytes)/(1<<20), res.DeletedObjects)
+	}
 	if len(res.Retired) > 0 {
 		rs := make([]string, len(res.Retired))
 		for i, r := range res.Retired {
@@ -188,4 +216,22 @@ func rotateSummary(res keyops.RotateResult, retire bool) string {
 		b.WriteString("; older versions kept (destroy them with coffer rotate --retire-old)")
 	}
 	return b.String()
+}
+
+// rotateLive asks the daemon serving mnt to rotate, showing its progress on a terminal.
+func rotateLive(ctx context.Context, env *cliEnv, mnt string, retire bool) error {
+	opt, pp := rotateOptions(env, "rotate")
+	r, err := ctlStream(ctx, mnt, ctlRequest{Op: "rotate", RetireOld: retire}, opt.Progress)
+	if pp != nil {
+		pp.end()
+	}
+	if err != nil {
+		return err
+	}
+	var res keyops.RotateResult
+	if err := json.Unmarshal(r.Result, &res); err != nil {
+		return fmt.Errorf("the daemon's rotate result: %w", err)
+	}
+	fmt.Fprintln(env.stdout, rotateSummary(res, retire))
+	return nil
 }

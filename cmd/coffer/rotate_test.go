@@ -1,11 +1,13 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -205,14 +207,15 @@ func TestRotateCommand(t *testing.T) {
 	// Wrong PIN: one clear line, nothing changes.
 	r = coffer(t, hsmEnv(l.tok, []byte("000000000000")), "rotate", "--state", l.state)
 	r.oneErrorLine(t, "wrong PIN")
-	// Mounted (the catalog is locked by another process): refused before any PIN is asked.
+	// The catalog held by another process that is not a daemon answering for it: refused
+	// before any PIN is asked (a mounted volume is rotated by its daemon: test/e2e).
 	cat, err := meta.Open(context.Background(), l.state)
 	if err != nil {
 		t.Fatal(err)
 	}
 	r = coffer(t, nil, "rotate", "--state", l.state)
 	cat.Close()
-	r.oneErrorLine(t, "unmount it first")
+	r.oneErrorLine(t, "in use by another coffer command")
 	// The current KEK deleted from the token behind coffer's back.
 	for _, lab := range l.tok.ObjectLabels(t) {
 		l.tok.Tool(t, "--delete-object", "--type", "secrkey", "--label", lab)
@@ -224,12 +227,25 @@ func TestRotateCommand(t *testing.T) {
 	}
 }
 
+// TestRotateCommandDerive: on a derive-mode volume rotate re-encrypts every chunk (the
+// engine is tested in fs/keyops; this is the command and its summary), and shred --now
+// refuses, pointing at rotate --retire-old.
 func TestRotateCommandDerive(t *testing.T) {
 	l := newLCVol(t, true, true, false)
-	r := coffer(t, l.env, "rotate", "--state", l.state)
-	r.oneErrorLine(t, "derive-mode rotation re-encrypts files: not implemented yet")
-	r = coffer(t, l.env, "shred", "--state", l.state, "--now", "/x")
+	l.populate(t, "d", 3, 0, bytes.Repeat([]byte("derive rotation "), 4096))
+	r := coffer(t, l.env, "rotate", "--state", l.state, "--retire-old")
+	if r.code != 0 || !strings.Contains(r.stdout, "3 chunks (0.2 MiB) re-encrypted into new objects, 3 old objects deleted") ||
+		!strings.Contains(r.stdout, "destroyed volume/v1") {
+		t.Fatalf("rotate (%d): %s %s", r.code, r.stdout, r.stderr)
+	}
+	if got := l.kekStates(t); !slices.Equal(got, []string{"volume/v1:destroyed", "volume/v2:active"}) {
+		t.Errorf("KEK versions after rotate --retire-old: %v", got)
+	}
+	r = coffer(t, l.env, "shred", "--state", l.state, "--now", "/d0")
 	r.oneErrorLine(t, "--now needs a wrap-mode volume")
+	if !strings.Contains(r.stderr, "coffer rotate --retire-old") {
+		t.Errorf("shred --now on derive does not say what to do instead: %s", r.stderr)
+	}
 }
 
 // TestRotateKilled kills `coffer rotate` (SIGKILL) in the middle of re-wrapping and checks

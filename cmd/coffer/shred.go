@@ -3,9 +3,11 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -58,6 +60,24 @@ func cmdShred(ctx context.Context, env *cliEnv, args []string) error {
 		return usageError{"--volume destroys every key of the volume: on a terminal it asks to type the volume id; otherwise pass --yes"}
 	}
 
+	state, err := absState(of)
+	if err != nil {
+		return err
+	}
+	// A mounted volume is shredded by its daemon (the only writer of its catalog), which
+	// also revokes descriptors still open on the files and drops the kernel's caches.
+	if mnt, err := liveMountpoint(ctx, state); err != nil {
+		return err
+	} else if mnt != "" {
+		req := ctlRequest{Op: "shred", Paths: paths, Volume: *whole, Now: *now}
+		if *user != "" {
+			req.User = &uid
+		}
+		if *whole {
+			return errors.New("--volume on a mounted volume: coffer unmount first (or coffer lock it now)")
+		}
+		return shredLive(ctx, env, mnt, req)
+	}
 	v, err := openOffline(ctx, env, of)
 	if err != nil {
 		return err
@@ -95,8 +115,59 @@ func cmdShred(ctx context.Context, env *cliEnv, args []string) error {
 	if err != nil {
 		return err
 	}
+	out := toShredReply(res)
+	if *now {
+		opt, pp := rotateOptions(env, "shred --now: re-wrap")
+		rres, err := keyops.ShredNow(ctx, v, opt)
+		if pp != nil {
+			pp.end()
+		}
+		if err != nil {
+			fmt.Fprintln(w, shredSummary(out, *user != "", uid))
+			return fmt.Errorf("the files are shredded, but making it final failed: %w (run coffer rotate --retire-old to finish)", err)
+		}
+		out.Now = &rres
+	}
+	fmt.Fprintln(w, shredSummary(out, *user != "", uid))
+	return nil
+}
+
+// shredLive asks the daemon serving mnt to shred, showing the progress of --now's rotation
+// on a terminal.
+func shredLive(ctx context.Context, env *cliEnv, mnt string, req ctlRequest) error {
+	// A relative PATH that names something under the mountpoint from here (mnt/docs/a.txt,
+	// or a.txt in a shell inside the mount) means that file; any other is a volume path.
+	for i, p := range req.Paths {
+		if filepath.IsAbs(p) {
+			continue
+		}
+		if abs, err := filepath.Abs(p); err == nil && strings.HasPrefix(abs, filepath.Clean(mnt)+"/") {
+			req.Paths[i] = abs
+		}
+	}
+	opt, pp := rotateOptions(env, "shred --now: re-wrap")
+	r, err := ctlStream(ctx, mnt, req, opt.Progress)
+	if pp != nil {
+		pp.end()
+	}
+	if len(r.Result) > 0 {
+		var out shredReply
+		if jerr := json.Unmarshal(r.Result, &out); jerr != nil {
+			return fmt.Errorf("the daemon's shred result: %w", jerr)
+		}
+		var uid uint32
+		if req.User != nil {
+			uid = *req.User
+		}
+		fmt.Fprintln(env.stdout, shredSummary(out, req.User != nil, uid))
+	}
+	return err
+}
+
+// shredSummary is the one line a file or user shred prints (offline and live alike).
+func shredSummary(res shredReply, user bool, uid uint32) string {
 	var b strings.Builder
-	if *user != "" {
+	if user {
 		fmt.Fprintf(&b, "shredded uid %d: KEK chain %s destroyed (%s), %d files removed",
 			uid, keys.UserChain(uid), refList(res.Destroyed), res.Files)
 	} else {
@@ -106,30 +177,14 @@ func cmdShred(ctx context.Context, env *cliEnv, args []string) error {
 	if res.DeleteFailed > 0 {
 		fmt.Fprintf(&b, ", %d stay queued (deleting failed; retried at the next mount)", res.DeleteFailed)
 	}
-	final := len(res.OldVersions) == 0
-	if *now {
-		opt, pp := rotateOptions(env, "shred --now: re-wrap")
-		rres, err := keyops.ShredNow(ctx, v, opt)
-		if pp != nil {
-			pp.end()
-		}
-		if err != nil {
-			fmt.Fprintln(w, b.String())
-			return fmt.Errorf("the files are shredded, but making it final failed: %w (run coffer rotate --retire-old to finish)", err)
-		}
+	switch {
+	case res.Now != nil:
 		fmt.Fprintf(&b, "; final: %d other key records re-wrapped to %s and %s destroyed",
-			rres.Rewrapped, refList(rres.Targets), refList(rres.Retired))
-		final = true
+			res.Now.Rewrapped, refList(res.Now.Targets), refList(res.Now.Retired))
+	case len(res.OldVersions) > 0:
+		fmt.Fprintf(&b, "; an older catalog copy can still open them until KEK %s is destroyed (coffer shred --now, or coffer rotate --retire-old)", refList(res.OldVersions))
 	}
-	if !final {
-		vs := make([]keys.KEKRef, 0, len(res.OldVersions))
-		for r := range res.OldVersions {
-			vs = append(vs, r)
-		}
-		fmt.Fprintf(&b, "; an older catalog copy can still open them until KEK %s is destroyed (coffer shred --now, or coffer rotate --retire-old)", refList(vs))
-	}
-	fmt.Fprintln(w, b.String())
-	return nil
+	return b.String()
 }
 
 func refList(refs []keys.KEKRef) string {

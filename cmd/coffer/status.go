@@ -14,6 +14,7 @@ import (
 	"coffer/fs/keyops"
 	"coffer/fs/meta"
 	"coffer/fs/volume"
+	"coffer/keys"
 )
 
 // openStateReadOnly opens the catalog of --state for reading, alongside a running daemon.
@@ -257,14 +258,20 @@ type mountStatus struct {
 }
 
 func daemonStatus(v *volume.Volume, data *content.Store, mc mountConfig) mountStatus {
+	ctx := context.Background()
 	var token string
-	if mv, err := v.Catalog.Volume(context.Background()); err == nil {
+	if mv, err := v.Catalog.Volume(ctx); err == nil {
 		token = mv.HSMToken
+	}
+	// From the catalog, not v.KEK: a live rotation moves that on another goroutine.
+	kek := "?"
+	if k, err := v.Catalog.CurrentKEK(ctx, ""); err == nil {
+		kek = keys.KEKRef{Chain: k.Chain, Version: k.Version}.String()
 	}
 	return mountStatus{
 		HSMToken: token,
 		PID:      os.Getpid(), Mountpoint: mc.mountpoint, State: mc.state, Volume: hex.EncodeToString(v.ID[:]),
-		Remote: v.Remote, Provider: v.Kind, KeyMode: string(v.KeyMode), KEK: v.KEK.String(),
+		Remote: v.Remote, Provider: v.Kind, KeyMode: string(v.KeyMode), KEK: kek,
 		ReadOnly: mc.readOnly, Locked: v.Locked(), Data: data.Stats(),
 	}
 }

@@ -23,18 +23,29 @@ type RotateOptions struct {
 	Actor     string // who rotates, for the audit log (e.g. "uid:0")
 	RetireOld bool   // destroy the older KEK versions once nothing uses them
 	BatchSize int    // key records per transaction (default 1000)
-	Workers   int    // concurrent re-wraps (default GOMAXPROCS, at least 2)
-	Logger    *slog.Logger
+	Workers   int    // concurrent re-wraps (default GOMAXPROCS, at least 2), or re-encryptions (derive mode, default 2-4)
+	// ChunkBatch is how many chunks derive mode re-encrypts per catalog transaction (default 32).
+	ChunkBatch int
+	// Mounted says a data path (content.Store) runs on the volume: the daemon rotating a live
+	// mount. Derive mode then refuses with ErrDeriveMounted (it swaps and deletes chunk objects
+	// the data path may hold); wrap mode does not care.
+	Mounted bool
+	Logger  *slog.Logger
 	// Progress, if set, is called after every committed batch (from one goroutine).
 	Progress func(Progress)
 
 	hook hookFunc // tests: fail at a named step, as a kill there would
 }
 
-// Progress is reported while key records are re-wrapped.
+// Progress is reported while key records are re-wrapped (wrap mode) or chunks re-encrypted
+// (derive mode).
 type Progress struct {
-	Done, Total int64 // key records re-wrapped so far / to re-wrap in this run
+	Done, Total int64 // key records re-wrapped, or chunks re-encrypted, so far / in this run
 	Elapsed     time.Duration
+	// Unit is what Done and Total count: "key records" or "chunks".
+	Unit string
+	// Bytes and TotalBytes are plaintext bytes re-encrypted so far / in this run (derive mode).
+	Bytes, TotalBytes int64
 }
 
 // RotateResult summarizes a rotation.
@@ -45,6 +56,12 @@ type RotateResult struct {
 	Changed   int64         // records that changed underneath (compare-and-swap lost), retried
 	Retired   []keys.KEKRef // versions destroyed (RetireOld)
 	Elapsed   time.Duration
+
+	// Derive mode only.
+	Rekeyed          int64 // key records moved to the new version (same salt)
+	Reencrypted      int64 // chunks re-encrypted into new objects in this run
+	ReencryptedBytes int64 // their plaintext bytes
+	DeletedObjects   int   // old objects (and orphaned copies of an interrupted run) deleted from the remote
 }
 
 // FailedRecordsError lists key records that could not be re-wrapped because they do not
@@ -81,8 +98,8 @@ const (
 
 // Rotate makes a new KEK version in every chain that has a current one (the volume chain and
 // each per-user chain), makes it current, and re-wraps every key record wrapped by an older
-// version, in batches of compare-and-swap updates. No content and no remote object is
-// touched.
+// version, in batches of compare-and-swap updates. In wrap mode no content and no remote
+// object is touched.
 //
 // It is resumable: the plan (the new version per chain) is recorded in the audit log
 // (rotate.start) before anything else, and rotate.end only once every record is re-wrapped.
@@ -90,18 +107,32 @@ const (
 // planned version that is not recorded yet, and re-wraps what is left — and never makes yet
 // another version. Killed at any point, a rerun finishes.
 //
-// With RetireOld it then destroys every older version (Retire). On a derive-mode volume it
-// returns ErrDeriveRotation and changes nothing.
+// With RetireOld it then destroys every older version (Retire).
+//
+// On a derive-mode volume the new version is made and planned the same way, and then the
+// files are re-keyed instead of re-wrapped (reencryptAll, FORMAT.md 9.3.2): every record moves
+// to the new version keeping its salt, and every chunk sealed under an older version is
+// re-encrypted into a new object, swapped in by compare-and-swap, and its old object deleted.
+// That needs the volume unmounted: no data path (content.Store) may run on it meanwhile.
 func Rotate(ctx context.Context, v *volume.Volume, opt RotateOptions) (res RotateResult, err error) {
 	start := time.Now()
-	if v.KeyMode != keys.ModeWrap {
-		return res, ErrDeriveRotation
+	if v.KeyMode != keys.ModeWrap && v.KeyMode != keys.ModeDerive {
+		return res, fmt.Errorf("rotate: unknown key mode %q", string(v.KeyMode))
+	}
+	if v.KeyMode == keys.ModeDerive && opt.Mounted {
+		return res, ErrDeriveMounted
 	}
 	if opt.BatchSize <= 0 {
 		opt.BatchSize = 1000
 	}
 	if opt.Workers <= 0 {
 		opt.Workers = max(2, runtime.GOMAXPROCS(0))
+		if v.KeyMode == keys.ModeDerive {
+			opt.Workers = min(opt.Workers, 4) // remote round trips, not CPU, bound re-encryption
+		}
+	}
+	if opt.ChunkBatch <= 0 {
+		opt.ChunkBatch = 32
 	}
 	if opt.Logger == nil {
 		opt.Logger = slog.Default()
@@ -142,15 +173,8 @@ func Rotate(ctx context.Context, v *volume.Volume, opt RotateOptions) (res Rotat
 		return res, err
 	}
 
-	// What to re-wrap: every record of a rotated chain under a live version other than the
-	// chain's current one.
-	type job struct{ from, to keys.KEKRef }
-	var jobs []job
-	var total int64
-	keks, err := cat.ListKEKs(ctx)
-	if err != nil {
-		return res, err
-	}
+	// The current version of every rotated chain (a chain shredded meanwhile has none).
+	var targets []keys.KEKRef
 	for _, tg := range plan.Targets {
 		cur, err := cat.CurrentKEK(ctx, tg.Chain)
 		if errors.Is(err, syscall.ENOENT) {
@@ -159,40 +183,29 @@ func Rotate(ctx context.Context, v *volume.Volume, opt RotateOptions) (res Rotat
 		if err != nil {
 			return res, err
 		}
-		to := refOf(cur)
-		res.Targets = append(res.Targets, to)
-		for _, k := range keks {
-			if k.Chain != tg.Chain || k.Version == to.Version || k.State == meta.KEKDestroyed {
-				continue
-			}
-			n, err := cat.CountKeysUsing(ctx, k.Chain, k.Version)
-			if err != nil {
-				return res, err
-			}
-			if n > 0 {
-				jobs = append(jobs, job{refOf(k), to})
-				total += n
-			}
-		}
+		targets = append(targets, refOf(cur))
+	}
+	res.Targets = targets
+	keks, err := cat.ListKEKs(ctx)
+	if err != nil {
+		return res, err
 	}
 
-	r := &rewrapper{v: v, opt: opt, total: total, start: start}
-	var failed []uint64
-	for _, j := range jobs {
-		f, err := r.drain(ctx, j.from, j.to)
-		failed = append(failed, f...)
-		if err != nil {
-			res.Rewrapped, res.Changed = r.done.Load(), r.changed.Load()
+	if v.KeyMode == keys.ModeDerive {
+		// Derive mode: records move to the new version (same salt), chunks are re-encrypted.
+		if err := reencryptAll(ctx, v, targets, keks, opt, &res, start); err != nil {
 			return res, err
 		}
-	}
-	res.Rewrapped, res.Changed = r.done.Load(), r.changed.Load()
-	if len(failed) > 0 {
-		sort.Slice(failed, func(i, j int) bool { return failed[i] < failed[j] })
-		return res, &FailedRecordsError{Inodes: failed}
-	}
-	if err := opt.hook.at("rewrapped"); err != nil {
-		return res, err
+		if err := opt.hook.at("reencrypted"); err != nil {
+			return res, err
+		}
+	} else {
+		if err := rewrapAll(ctx, v, targets, keks, opt, &res, start); err != nil {
+			return res, err
+		}
+		if err := opt.hook.at("rewrapped"); err != nil {
+			return res, err
+		}
 	}
 
 	if opt.RetireOld {
@@ -201,16 +214,20 @@ func Rotate(ctx context.Context, v *volume.Volume, opt RotateOptions) (res Rotat
 		}
 	}
 	res.Elapsed = time.Since(start)
-	targets := make([]string, len(res.Targets))
+	names := make([]string, len(res.Targets))
 	for i, t := range res.Targets {
-		targets[i] = t.String()
+		names[i] = t.String()
 	}
 	retired := make([]string, len(res.Retired))
 	for i, t := range res.Retired {
 		retired[i] = t.String()
 	}
-	detail, _ := json.Marshal(map[string]any{"targets": targets, "rewrapped": res.Rewrapped, "resumed": resumed,
-		"retired": retired, "elapsed_ms": res.Elapsed.Milliseconds()})
+	end := map[string]any{"targets": names, "rewrapped": res.Rewrapped, "resumed": resumed,
+		"retired": retired, "elapsed_ms": res.Elapsed.Milliseconds()}
+	if v.KeyMode == keys.ModeDerive {
+		end["rekeyed"], end["reencrypted"], end["reencrypted_bytes"] = res.Rekeyed, res.Reencrypted, res.ReencryptedBytes
+	}
+	detail, _ := json.Marshal(end)
 	if _, err := cat.AppendAudit(ctx, meta.AuditEvent{Time: time.Now().UnixNano(), Event: eventRotateEnd, Actor: opt.Actor, Detail: string(detail)}); err != nil {
 		return res, err
 	}
@@ -220,6 +237,45 @@ func Rotate(ctx context.Context, v *volume.Volume, opt RotateOptions) (res Rotat
 	}
 	sealCurrent(ctx, v, opt.Logger)
 	return res, nil
+}
+
+// rewrapAll re-wraps (wrap mode) every record of a rotated chain under a live version other
+// than the chain's current one.
+func rewrapAll(ctx context.Context, v *volume.Volume, targets []keys.KEKRef, keks []meta.KEK, opt RotateOptions, res *RotateResult, start time.Time) error {
+	type job struct{ from, to keys.KEKRef }
+	var jobs []job
+	var total int64
+	for _, to := range targets {
+		for _, k := range keks {
+			if k.Chain != to.Chain || k.Version == to.Version || k.State == meta.KEKDestroyed {
+				continue
+			}
+			n, err := v.Catalog.CountKeysUsing(ctx, k.Chain, k.Version)
+			if err != nil {
+				return err
+			}
+			if n > 0 {
+				jobs = append(jobs, job{refOf(k), to})
+				total += n
+			}
+		}
+	}
+	r := &rewrapper{v: v, opt: opt, total: total, start: start}
+	var failed []uint64
+	for _, j := range jobs {
+		f, err := r.drain(ctx, j.from, j.to)
+		failed = append(failed, f...)
+		if err != nil {
+			res.Rewrapped, res.Changed = r.done.Load(), r.changed.Load()
+			return err
+		}
+	}
+	res.Rewrapped, res.Changed = r.done.Load(), r.changed.Load()
+	if len(failed) > 0 {
+		sort.Slice(failed, func(i, j int) bool { return failed[i] < failed[j] })
+		return &FailedRecordsError{Inodes: failed}
+	}
+	return nil
 }
 
 // rotationPlan returns the plan of an unfinished rotation, or records a new one.
@@ -492,7 +548,7 @@ func (r *rewrapper) commit(ctx context.Context, b *rewrapBatch, swapped *int64) 
 	done := r.done.Add(n)
 	r.changed.Add(lost)
 	if r.opt.Progress != nil {
-		r.opt.Progress(Progress{Done: done, Total: r.total, Elapsed: time.Since(r.start)})
+		r.opt.Progress(Progress{Done: done, Total: r.total, Elapsed: time.Since(r.start), Unit: "key records"})
 	}
 	return r.opt.hook.at("batch")
 }
@@ -536,7 +592,7 @@ func Retire(ctx context.Context, v *volume.Volume, actor string, log *slog.Logge
 		retire = append(retire, refOf(k))
 	}
 	if len(busy) > 0 {
-		return nil, fmt.Errorf("cannot retire KEK %v: still used; run coffer rotate to re-wrap them first; nothing was destroyed: %w", busy, ErrRetireBusy)
+		return nil, fmt.Errorf("cannot retire KEK %v: still used; run coffer rotate to finish moving them to the current version first; nothing was destroyed: %w", busy, ErrRetireBusy)
 	}
 	cur, err := cat.CurrentKEK(ctx, "")
 	if err != nil {

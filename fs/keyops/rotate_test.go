@@ -211,18 +211,25 @@ func TestRotatePassphrase(t *testing.T) {
 	}
 }
 
-// TestRotateDerive: derive mode is refused, and nothing changes.
+// TestRotateDerive: derive mode rotates (derive_test.go covers it); shred --now still refuses.
 func TestRotateDerive(t *testing.T) {
 	e := newVol(t, volOpt{passphrase: true, derive: true})
 	e.addFiles("f", 3, 0)
-	_, err := Rotate(ctx, e.v, RotateOptions{Logger: quiet})
-	if !errors.Is(err, ErrDeriveRotation) || !strings.Contains(err.Error(), "not implemented yet") {
-		t.Fatalf("derive rotation: %v", err)
+	res, err := Rotate(ctx, e.v, RotateOptions{Logger: quiet})
+	if err != nil || res.Rekeyed != 3 || res.Reencrypted != 0 {
+		t.Fatalf("derive rotation of empty files: %+v %v", res, err)
 	}
-	if got := e.versions(); !slices.Equal(got, []string{"volume/v1:active"}) {
+	if got := e.versions(); !slices.Equal(got, []string{"volume/v1:old", "volume/v2:active"}) {
 		t.Fatalf("versions: %v", got)
 	}
 	if _, err := ShredNow(ctx, e.v, RotateOptions{}); !errors.Is(err, ErrDeriveNow) {
 		t.Fatalf("shred --now on derive: %v", err)
+	}
+	// The daemon rotating a live mount: refused, nothing made.
+	if _, err := Rotate(ctx, e.v, RotateOptions{Logger: quiet, Mounted: true}); !errors.Is(err, ErrDeriveMounted) {
+		t.Fatalf("derive rotation of a mounted volume: %v", err)
+	}
+	if got := e.versions(); !slices.Equal(got, []string{"volume/v1:old", "volume/v2:active"}) {
+		t.Fatalf("versions after the refused rotation: %v", got)
 	}
 }

@@ -25,6 +25,22 @@ type ShredOptions struct {
 	Actor      string // for the audit log
 	StagingDir string // where the volume stages ciphertext (default STATE/staging)
 	Logger     *slog.Logger
+	// Live is the mounted file system when the daemon shreds on a live mount (nil
+	// offline): it revokes the files before their key records go and drops the kernel's
+	// cached names after. The data path owns staging then (StagingDir is not touched).
+	Live LiveFS
+}
+
+// LiveFS is the mounted file system's part in a shred run by the daemon (fs.FS implements
+// it).
+type LiveFS interface {
+	// RevokeFiles is called before the key records of inos are destroyed: every descriptor
+	// still open on them must fail from then on, and the file system drops their keys,
+	// ciphers, staged writes and cached plaintext (its own and the kernel's pages).
+	RevokeFiles(ctx context.Context, inos []uint64) error
+	// FilesRemoved is called once the catalog no longer holds inos: the kernel forgets
+	// their names.
+	FilesRemoved(inos []uint64)
 }
 
 func (o *ShredOptions) defaults(v *volume.Volume) {
@@ -123,6 +139,11 @@ func shredInodes(ctx context.Context, v *volume.Volume, inos []uint64, opt Shred
 	for len(inos) > 0 {
 		b := inos[:min(len(inos), per)]
 		inos = inos[len(b):]
+		if opt.Live != nil {
+			if err := opt.Live.RevokeFiles(ctx, b); err != nil {
+				return fmt.Errorf("shred: %w", err)
+			}
+		}
 		now := time.Now().UnixNano()
 		var files, links int
 		vers := map[keys.KEKRef]int{}
@@ -161,6 +182,9 @@ func shredInodes(ctx context.Context, v *volume.Volume, inos []uint64, opt Shred
 		if err != nil {
 			return fmt.Errorf("shred: %w", err)
 		}
+		if opt.Live != nil {
+			opt.Live.FilesRemoved(b)
+		}
 		res.Files += files
 		res.Links += links
 		res.ShreddedInode = append(res.ShreddedInode, b...)
@@ -183,7 +207,7 @@ func finishShred(ctx context.Context, v *volume.Volume, opt ShredOptions, res *S
 		return err
 	}
 	for _, u := range ups {
-		if !gone[u.Ino] {
+		if !gone[u.Ino] || opt.Live != nil { // live: the data path dropped them (Revoke)
 			continue
 		}
 		if u.Staging == filepath.Base(u.Staging) && u.Staging != "" && u.Staging != "." && u.Staging != ".." {
@@ -415,5 +439,5 @@ func ShredNow(ctx context.Context, v *volume.Volume, ropt RotateOptions) (Rotate
 
 // ErrDeriveNow is returned by ShredNow on a derive-mode volume.
 var ErrDeriveNow = errors.New("--now needs a wrap-mode volume: in derive mode every file's key is derived from the same KEK version, " +
-	"so making one shred final means re-encrypting every other file under a new version (derive-mode rotation is not implemented yet); " +
-	"shred without --now: the key record is destroyed, but an old catalog copy can open the file until its KEK version is destroyed")
+	"so making one shred final means re-encrypting every other file under a new version: shred without --now, then run " +
+	"coffer rotate --retire-old (it re-encrypts the other files and destroys the old version; until then an old catalog copy can open the file)")
