@@ -76,6 +76,9 @@ type Options struct {
 	EntryTimeout time.Duration // kernel cache of names (and of misses); 0: 1 s
 	AttrTimeout  time.Duration // kernel cache of attributes; 0: 1 s
 	FsName       string        // first field of /proc/mounts; "" means "coffer"
+	// Scrub, if set, is called by Lock once every key is dropped, while the kernel drops
+	// its page cache: the daemon makes the runtime overwrite the memory that held keys.
+	Scrub func()
 }
 
 // Kernel-facing constants.
@@ -433,6 +436,9 @@ func (f *FS) Lock() (time.Duration, error) {
 	// runs on its own goroutine, bounded.
 	done := make(chan int, 1)
 	go func() { done <- f.InvalidateCaches() }()
+	if f.opt.Scrub != nil {
+		f.opt.Scrub()
+	}
 	select {
 	case n := <-done:
 		f.log.Info("volume locked: keys wiped, page cache dropped", "files", n, "took", time.Since(start))

@@ -18,6 +18,7 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -329,8 +330,7 @@ func hasCapIPCLock() bool {
 
 // scrub makes the collector free, and so overwrite (clobberfree, runtime/secret), every
 // heap object a wipe just dropped: ciphers, key schedules, Go copies of DEKs. Two cycles,
-// because objects with cleanups or finalizers are freed one cycle later; the second one,
-// FreeOSMemory's, also hands freed pages back to the OS.
+// because objects with cleanups or finalizers are freed one cycle later.
 //
 // It also rewrites every thread's signal stack: a signal saves the interrupted thread's
 // registers there, and the copy stays until the next signal, so registers that held key
@@ -349,7 +349,7 @@ func scrub() time.Duration {
 		}
 	}
 	time.Sleep(time.Millisecond) // delivery is asynchronous
-	debug.FreeOSMemory()
+	runtime.GC()
 	return time.Since(start)
 }
 
@@ -449,7 +449,10 @@ func runDaemon(parent context.Context, env *cliEnv, mc mountConfig, secret []byt
 	}
 	defer ctl.close()
 
-	fsys := cofferfs.New(v, data, cofferfs.Options{AllowOther: mc.allowOther, ReadOnly: mc.readOnly, Logger: log})
+	var lockMu sync.Mutex      // one coffer lock at a time
+	var scrubbed time.Duration // set by Scrub, inside Lock, under lockMu
+	fsys := cofferfs.New(v, data, cofferfs.Options{AllowOther: mc.allowOther, ReadOnly: mc.readOnly, Logger: log,
+		Scrub: func() { scrubbed = scrub() }})
 	srv, err := fsys.Mount(mc.mountpoint)
 	if err != nil {
 		data.Close(ctx)
@@ -472,11 +475,12 @@ func runDaemon(parent context.Context, env *cliEnv, mc mountConfig, secret []byt
 		return result
 	}
 	ctl.lock = func() (time.Duration, error) {
+		lockMu.Lock()
+		defer lockMu.Unlock()
 		took, err := fsys.Lock()
-		gc := scrub()
-		audit("lock", "took_us", took.Microseconds(), "scrub_us", gc.Microseconds(), "ok", err == nil)
-		log.Warn("locked: every key wiped", "took", took, "scrub", gc, "err", err)
-		return took + gc, err
+		audit("lock", "took_us", took.Microseconds(), "scrub_us", scrubbed.Microseconds(), "ok", err == nil)
+		log.Warn("locked: every key wiped", "took", took, "scrub", scrubbed, "err", err)
+		return took, err
 	}
 	ctl.unlock = func(secret []byte) error {
 		if err := fsys.Unlock(ctx, secret); err != nil {
