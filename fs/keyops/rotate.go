@@ -490,8 +490,15 @@ func (r *rewrapper) rewrapBatch(ctx context.Context, rows []meta.InoKey, to keys
 			defer wg.Done()
 			for i := k; i < len(rows); i += w {
 				row := rows[i]
-				id := keys.FileIdentity{Volume: r.v.ID, File: row.FileID}
-				nrec, err := keys.Rewrap(ctx, r.v.Provider, toKeys(row.Key), id, to)
+				var nrec keys.Record
+				var err error
+				if r.v.Keys != nil {
+					// Through the keyring: a DEK it has cached (a live mount) stays a hit.
+					nrec, err = r.v.Keys.Rewrap(ctx, toKeys(row.Key), row.FileID, to)
+				} else {
+					id := keys.FileIdentity{Volume: r.v.ID, File: row.FileID}
+					nrec, err = keys.Rewrap(ctx, r.v.Provider, toKeys(row.Key), id, to)
+				}
 				if err == nil {
 					b.recs[i] = toMeta(nrec)
 					continue
