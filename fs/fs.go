@@ -379,8 +379,22 @@ func (f *FS) InvalidateCaches() int {
 		}
 	}
 	f.openMu.Unlock()
-	// Every other inode the kernel holds a reference to is in go-fuse's
-	// tree under the root (one node per inode, hard links merged).
+	f.walkKnown(func(_ *gofs.Inode, _ string, ch *gofs.Inode) {
+		if ino := ch.StableAttr().Ino; ch.Mode()&syscall.S_IFMT == syscall.S_IFREG && !seen[ino] {
+			seen[ino] = true
+			nodes = append(nodes, ch)
+		}
+	})
+	for _, n := range nodes {
+		n.NotifyContent(0, 0)
+	}
+	return len(nodes)
+}
+
+// walkKnown calls fn for every non-directory entry (parent, name, child) in go-fuse's tree
+// under the root: every inode the kernel holds a reference to is there (one node per
+// inode, hard links merged), except open files whose every name is gone (see f.open).
+func (f *FS) walkKnown(fn func(parent *gofs.Inode, name string, child *gofs.Inode)) {
 	dirs := []*gofs.Inode{f.root.EmbeddedInode()}
 	visited := map[*gofs.Inode]bool{}
 	for len(dirs) > 0 {
@@ -390,22 +404,14 @@ func (f *FS) InvalidateCaches() int {
 			continue
 		}
 		visited[d] = true
-		for _, ch := range d.Children() {
-			switch {
-			case ch.IsDir():
+		for name, ch := range d.Children() {
+			if ch.IsDir() {
 				dirs = append(dirs, ch)
-			case ch.Mode()&syscall.S_IFMT == syscall.S_IFREG:
-				if ino := ch.StableAttr().Ino; !seen[ino] {
-					seen[ino] = true
-					nodes = append(nodes, ch)
-				}
+			} else {
+				fn(d, name, ch)
 			}
 		}
 	}
-	for _, n := range nodes {
-		n.NotifyContent(0, 0)
-	}
-	return len(nodes)
 }
 
 // invalidateTimeout bounds how long Lock waits for the kernel to drop

@@ -127,25 +127,11 @@ func (f *FS) knownNodes(inos []uint64) []knownEntry {
 		}
 	}
 	f.openMu.Unlock()
-	dirs := []*gofs.Inode{f.root.EmbeddedInode()}
-	visited := map[*gofs.Inode]bool{}
-	for len(dirs) > 0 {
-		d := dirs[len(dirs)-1]
-		dirs = dirs[:len(dirs)-1]
-		if visited[d] {
-			continue
+	f.walkKnown(func(d *gofs.Inode, name string, ch *gofs.Inode) {
+		if want[ch.StableAttr().Ino] {
+			out = append(out, knownEntry{parent: d, name: name, child: ch})
 		}
-		visited[d] = true
-		for name, ch := range d.Children() {
-			if ch.IsDir() {
-				dirs = append(dirs, ch)
-				continue
-			}
-			if want[ch.StableAttr().Ino] {
-				out = append(out, knownEntry{parent: d, name: name, child: ch})
-			}
-		}
-	}
+	})
 	// A node found by name needs no separate entry for its pages.
 	kept := out[:0]
 	for _, e := range out {
