@@ -45,6 +45,22 @@ echo "== coffer status $mnt"
 "$bin" status "$mnt"
 
 echo
+echo "== coffer lock $mnt: every key wiped from memory; contents unreadable until unlock"
+"$bin" lock "$mnt"
+if cat "$mnt/reports/2026/quarterly-results.txt" 2>"$demo/locked.err"; then
+	echo "FAIL: a locked mount served file contents" >&2
+	exit 1
+fi
+echo "cat while locked: $(cat "$demo/locked.err")"
+"$bin" unlock --hsm-pin-file "$demo/pin" "$mnt"
+cat "$mnt/reports/2026/quarterly-results.txt"
+
+echo
+echo "== coffer rotate --state $demo/state: a new master key version in the HSM, no file re-encrypted"
+"$bin" rotate --state "$demo/state" --retire-old
+cmp /etc/services "$mnt/services" && echo "services: still identical after the rotation"
+
+echo
 echo "== what the remote holds: opaque objects under random ids"
 "$bin" unmount "$mnt"
 find "$demo/remote" -type f | sed "s|$demo/||" | sort

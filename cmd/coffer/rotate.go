@@ -197,7 +197,7 @@ func rotateSummary(res keyops.RotateResult, retire bool) string {
 	}
 	fmt.Fprintf(&b, "current KEK %s; %d key records re-wrapped in %s", strings.Join(ts, ", "), res.Rewrapped,
 		res.Elapsed.Round(time.Millisecond))
-	if res.Rewrapped > 0 && res.Elapsed > 0 {
+	if res.Rewrapped > 0 && res.Elapsed > time.Second { // a rate of a handful of records says nothing
 		fmt.Fprintf(&b, " (%.0f/s)", float64(res.Rewrapped)/res.Elapsed.Seconds())
 	}
 	if res.Rekeyed > 0 || res.Reencrypted > 0 {
