@@ -92,8 +92,12 @@ var backendDefaults = map[string]map[string]string{
 // HEAD that checks whether the root is a file (Open then needs no network,
 // and an unreachable or refusing server is not mistaken for "root is a
 // file", which rclone reports when that HEAD fails).
-func tuneRemote(remote string, p fspath.Parsed) string {
+// Options in extra ("key=value") are added as they are.
+func tuneRemote(remote string, p fspath.Parsed, extra ...string) string {
 	cfg := p.ConfigString
+	for _, e := range extra {
+		cfg += "," + e
+	}
 	if ri, name, _, conn, err := fs.ParseRemote(remote); err == nil {
 		keys := make([]string, 0, len(backendDefaults[ri.Name]))
 		for k := range backendDefaults[ri.Name] {
@@ -144,6 +148,9 @@ type rcloneStore struct {
 	// disk, so a Put into them needs only the file and the folder itself fsynced.
 	durableDirs sync.Map
 	md5         bool // send Content-MD5 on upload (S3)
+	// headless is the same S3 bucket with no_head_object: its NewObject sends nothing, so
+	// a ranged read is one GET (nil for other backends).
+	headless fs.Fs
 
 	mu       sync.RWMutex
 	closed   bool
@@ -221,6 +228,16 @@ func openRclone(ctx context.Context, remote string, opt Options) (*rcloneStore, 
 	s := &rcloneStore{f: r.f, desc: desc, cfgCtx: base, noSync: opt.NoSync}
 	if fs.Type(r.f) == "local" {
 		s.localDir = filepath.FromSlash(r.f.Root())
+	}
+	if fs.Type(r.f) == "s3" && p.Name != "" {
+		// The same bucket without the HEAD that rclone's NewObject sends: a ranged GET
+		// (the caller knows the range) needs no lookup first, which halves the requests
+		// of a cold read. Made without network, like the first.
+		if h, err := fs.NewFs(base, tuneRemote(remote, p, "no_head_object=true")); err == nil {
+			s.headless = h
+		} else {
+			slog.Debug("remote: no HEAD-less S3 reader; reads look objects up first", "remote", desc, "err", err)
+		}
 	}
 	s.md5 = r.f.Features().BucketBased && r.f.Hashes().Contains(hash.MD5)
 	s.stop, s.stopFunc = context.WithCancel(context.Background())
@@ -434,7 +451,61 @@ func (s *rcloneStore) GetRange(ctx context.Context, name string, off, n int64) (
 	return data, nil
 }
 
+// getRangeHeadless reads [off, off+n) with one GET and no HEAD (S3): the size a HEAD
+// would have given comes back in the answer's Content-Range, and says whether a short
+// body is a range past the end (permanent) or a cut connection (retried).
+func (s *rcloneStore) getRangeHeadless(ctx context.Context, name string, off, n int64) ([]byte, error) {
+	o, err := s.headless.NewObject(ctx, name)
+	if err != nil {
+		return nil, ctxErr(ctx, err)
+	}
+	// An HTTP option, not a RangeOption: rclone would drop a range on an object
+	// whose size it believes to be 0 (it has not looked).
+	rc, err := o.Open(ctx, &fs.HTTPOption{Key: "Range", Value: fmt.Sprintf("bytes=%d-%d", off, off+n-1)})
+	if err != nil {
+		return nil, openErr(ctx, err)
+	}
+	defer func() { _ = rc.Close() }()
+	buf := make([]byte, n)
+	got, err := io.ReadFull(rc, buf)
+	if err != nil {
+		if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			if size := o.Size(); size > 0 && off+n > size {
+				return nil, newShort("range past the end of the %d-byte object", size)
+			}
+			return nil, fmt.Errorf("got %d of %d bytes: %w", got, n, io.ErrUnexpectedEOF)
+		}
+		return nil, ctxErr(ctx, err)
+	}
+	var one [1]byte
+	if m, _ := rc.Read(one[:]); m > 0 {
+		return nil, Permanent(fmt.Errorf("%w: got more than the %d bytes asked for", fs.ErrorRangeIgnored, n))
+	}
+	return buf, nil
+}
+
+// openErr maps the errors of an Open: a missing object, and S3's answer to a range past
+// the end (416).
+func openErr(ctx context.Context, err error) error {
+	if errors.Is(err, fs.ErrorObjectNotFound) {
+		return ErrNotFound
+	}
+	if hs, ok := errors.AsType[interface {
+		error
+		HTTPStatusCode() int
+	}](err); ok && hs.HTTPStatusCode() == 416 {
+		return newShort("range past the end of the object (HTTP 416)")
+	}
+	return ctxErr(ctx, err)
+}
+
 func (s *rcloneStore) getRange(ctx context.Context, name string, off, n int64) ([]byte, error) {
+	if s.headless != nil && off >= 0 && n > 0 {
+		return s.getRangeHeadless(ctx, name, off, n)
+	}
 	o, err := s.newObject(ctx, name)
 	if err != nil {
 		return nil, err
@@ -460,18 +531,8 @@ func (s *rcloneStore) getRange(ctx context.Context, name string, off, n int64) (
 	}
 	rc, err := o.Open(ctx, opt)
 	if err != nil {
-		if errors.Is(err, fs.ErrorObjectNotFound) {
-			return nil, ErrNotFound
-		}
-		// S3's answer to a range past the end, should the object have
-		// shrunk since the lookup.
-		if hs, ok := errors.AsType[interface {
-			error
-			HTTPStatusCode() int
-		}](err); ok && hs.HTTPStatusCode() == 416 {
-			return nil, newShort("range past the end of the object (HTTP 416)")
-		}
-		return nil, ctxErr(ctx, err)
+		// 416: the object shrank since the lookup.
+		return nil, openErr(ctx, err)
 	}
 	defer func() { _ = rc.Close() }()
 	if n < 0 { // size unknown: read to the end
@@ -508,6 +569,9 @@ func (s *rcloneStore) Delete(ctx context.Context, name string) error {
 		return fmt.Errorf("remote: delete %s: %w", name, err)
 	}
 	err := s.run(ctx, func(ctx context.Context) error {
+		// The lookup stays (a HEAD on S3): deletes run in the background, and an S3
+		// server over a file system (rclone serve s3) fails a DELETE of a name that is
+		// a folder, which must read as "no such object".
 		o, err := s.newObject(ctx, name)
 		if errors.Is(err, ErrNotFound) {
 			return nil
@@ -663,9 +727,14 @@ func (s *rcloneStore) Close(ctx context.Context) error {
 	go func() { s.wg.Wait(); close(done) }()
 	finish := func(ctx context.Context) error {
 		var err error
-		if sd := s.f.Features().Shutdown; sd != nil {
-			if e := sd(ctx); e != nil {
-				err = fmt.Errorf("remote: close %s: %w", s.desc, e)
+		for _, f := range []fs.Fs{s.f, s.headless} {
+			if f == nil {
+				continue
+			}
+			if sd := f.Features().Shutdown; sd != nil {
+				if e := sd(ctx); e != nil && err == nil {
+					err = fmt.Errorf("remote: close %s: %w", s.desc, e)
+				}
 			}
 		}
 		return err

@@ -376,7 +376,8 @@ func holdBeforeExit(log *slog.Logger) {
 // and wipes every key. ready is called once: with nil when the mount is usable, or with the
 // error that stopped it.
 func runDaemon(parent context.Context, env *cliEnv, mc mountConfig, secret []byte, ready func(error)) (err error) {
-	ctx := context.WithoutCancel(parent) // signals are handled below, not by cancelling I/O
+	defer startProfiling(slog.Default())() // only with COFFER_DEBUG_*PROFILE set
+	ctx := context.WithoutCancel(parent)   // signals are handled below, not by cancelling I/O
 	readyCalled := false
 	signalReady := func(e error) {
 		if !readyCalled {

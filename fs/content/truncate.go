@@ -376,16 +376,19 @@ func (s *Store) Discard(ctx context.Context, ino uint64) error {
 	f.mu.Lock()
 	dropped := f.killChunks(0, -1)
 	f.mu.Unlock()
-	f.commitMu.Lock()
-	err := s.cat.Update(ctx, func(tx *meta.Tx) error {
-		for _, c := range dropped {
-			if err := tx.CompleteUpload(c.stg.upload); err != nil && !errors.Is(err, syscall.ENOENT) {
-				return err
+	var err error
+	if len(dropped) > 0 { // no empty write transaction per unlinked file
+		f.commitMu.Lock()
+		err = s.cat.Update(ctx, func(tx *meta.Tx) error {
+			for _, c := range dropped {
+				if err := tx.CompleteUpload(c.stg.upload); err != nil && !errors.Is(err, syscall.ENOENT) {
+					return err
+				}
 			}
-		}
-		return nil
-	})
-	f.commitMu.Unlock()
+			return nil
+		})
+		f.commitMu.Unlock()
+	}
 	for _, c := range dropped {
 		c.mu.Lock()
 		s.dropStaging(c)
@@ -412,14 +415,11 @@ func (s *Store) Discard(ctx context.Context, ino uint64) error {
 // discardRows removes queue rows (and their staging files) of ino that no
 // live chunk holds (an inode never opened since the last mount).
 func (s *Store) discardRows(ctx context.Context, ino uint64) error {
-	ups, err := s.cat.ListUploads(ctx, "", 0, 0)
+	ups, err := s.cat.UploadsOf(ctx, ino)
 	if err != nil {
 		return metaErr(err, "discard inode %d", ino)
 	}
 	for _, u := range ups {
-		if u.Ino != ino {
-			continue
-		}
 		s.mu.Lock()
 		inUse := s.stgNames[u.Staging]
 		s.mu.Unlock()

@@ -189,4 +189,19 @@ func TestUploadQueue(t *testing.T) {
 	if left, _ := c.ListUploads(ctx, "", 0, 0); len(left) != 2 {
 		t.Fatalf("left %+v", left)
 	}
+	// One inode's rows only (unlink asks for them).
+	other, err := c.EnqueueUpload(ctx, Upload{Ino: 6, Index: 0, Staging: "stage-6", State: "pending", Created: now()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	of5, err := c.UploadsOf(ctx, 5)
+	if err != nil || len(of5) != 2 || of5[0].ID != ids[1] || of5[1].ID != ids[2] || of5[1].Staging != "stage-2" {
+		t.Fatalf("uploads of inode 5: %+v %v", of5, err)
+	}
+	if of6, err := c.UploadsOf(ctx, 6); err != nil || len(of6) != 1 || of6[0].ID != other || of6[0].Ino != 6 {
+		t.Fatalf("uploads of inode 6: %+v %v", of6, err)
+	}
+	if none, err := c.UploadsOf(ctx, 7); err != nil || len(none) != 0 {
+		t.Fatalf("uploads of inode 7: %+v %v", none, err)
+	}
 }

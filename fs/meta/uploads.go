@@ -2,6 +2,7 @@ package meta
 
 import (
 	"context"
+	"database/sql"
 	"syscall"
 )
 
@@ -36,6 +37,10 @@ func (c *Catalog) ListUploads(ctx context.Context, state string, afterID int64, 
 	if err != nil {
 		return nil, wrapSQL("read upload queue", err)
 	}
+	return scanUploads(rows)
+}
+
+func scanUploads(rows *sql.Rows) ([]Upload, error) {
 	defer rows.Close()
 	var out []Upload
 	for rows.Next() {
@@ -48,6 +53,17 @@ func (c *Catalog) ListUploads(ctx context.Context, state string, afterID int64, 
 		out = append(out, u)
 	}
 	return out, wrapSQL("read upload queue", rows.Err())
+}
+
+// UploadsOf returns the queued uploads of inode ino, in id order (an index
+// lookup: unlink asks for every file it removes).
+func (c *Catalog) UploadsOf(ctx context.Context, ino uint64) ([]Upload, error) {
+	rows, err := c.r.QueryContext(ctx, `SELECT id, ino, idx, staging, bytes, state, attempts, last_error, created_ns
+		FROM uploads WHERE ino = ? ORDER BY id`, int64(ino))
+	if err != nil {
+		return nil, wrapSQL("read upload queue", err)
+	}
+	return scanUploads(rows)
 }
 
 // SetUploadState moves upload id to state; a non-empty lastErr counts a

@@ -6,6 +6,8 @@
 # COFFER_BENCH_REPS, COFFER_BENCH_S3_REPS, COFFER_BENCH_SIZE (1G), COFFER_BENCH_MEM_SIZE (10G),
 # COFFER_BENCH_RAND_SECONDS, COFFER_BENCH_FILES, COFFER_BENCH_TREE, COFFER_BENCH_CACHE (256M),
 # COFFER_BENCH_ONLY=local,s3,mem, COFFER_BENCH_DIR (/var/tmp), COFFER_BENCH_KEEP=1.
+# COFFER_DEBUG_CPUPROFILE=/tmp/coffer-%p.cpu (and _HEAPPROFILE, _MUTEXPROFILE) reach the
+# coffer daemons: one profile per mount (%p = daemon pid), written at unmount.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 GO=${GO:-go}

@@ -213,6 +213,9 @@ func setupWork(ctx context.Context, c *config) (*work, error) {
 	}
 	for _, e := range os.Environ() {
 		switch {
+		case strings.HasPrefix(e, "COFFER_DEBUG_"):
+			// Daemon profiles (cmd/coffer/profile.go), e.g.
+			// COFFER_DEBUG_CPUPROFILE=/tmp/coffer-%p.cpu: one file per mount.
 		case strings.HasPrefix(e, "HOME="), strings.HasPrefix(e, "XDG_"), strings.HasPrefix(e, "SOFTHSM2_CONF="),
 			strings.HasPrefix(e, "COFFER_"), strings.HasPrefix(e, "RCLONE_"):
 			continue
