@@ -124,7 +124,27 @@ func listenControl(mountpoint string, log *slog.Logger) (*ctlServer, error) {
 		return nil, fmt.Errorf("control socket: %w", err)
 	}
 	ln.SetUnlinkOnClose(true)
+	go sweepDeadSockets(dir, path, log)
 	return &ctlServer{ln: ln, path: path, owner: os.Getuid(), log: log}, nil
+}
+
+// sweepDeadSockets removes the sockets of other mounts whose daemon was killed (nothing
+// listens: the connection is refused), so the runtime folder does not fill up with them.
+func sweepDeadSockets(dir, ours string, log *slog.Logger) {
+	socks, _ := filepath.Glob(filepath.Join(dir, "*.sock"))
+	for _, p := range socks {
+		if p == ours {
+			continue
+		}
+		c, err := net.DialTimeout("unix", p, 200*time.Millisecond)
+		if err == nil {
+			c.Close()
+			continue
+		}
+		if errors.Is(err, syscall.ECONNREFUSED) && os.Remove(p) == nil {
+			log.Info("removed the control socket of a dead daemon", "socket", p)
+		}
+	}
 }
 
 func (s *ctlServer) serve() {

@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"errors"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -243,3 +244,40 @@ func TestLockUnlock(t *testing.T) {
 		t.Errorf("audit --verify: %s %s", r.stdout, r.stderr)
 	}
 }
+
+// TestDeadSocketsSwept: a mount removes control sockets that nothing listens on any more
+// (left by a killed daemon), and leaves live ones alone.
+func TestDeadSocketsSwept(t *testing.T) {
+	os.MkdirAll(runtimeDir(), 0o700)
+	dead := filepath.Join(runtimeDir(), "dead-"+strconv.Itoa(os.Getpid())+".sock")
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: dead, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.SetUnlinkOnClose(false)
+	ln.Close() // the file stays, nobody listens: a killed daemon's socket
+	live := filepath.Join(runtimeDir(), "live-"+strconv.Itoa(os.Getpid())+".sock")
+	ln2, err := net.ListenUnix("unix", &net.UnixAddr{Name: live, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln2.Close()
+
+	state, mnt, env := passVolume(t)
+	if r := coffer(t, env, "mount", "--state", state, mnt); r.code != 0 {
+		t.Fatalf("mount: %s", r.stderr)
+	}
+	defer coffer(t, nil, "unmount", mnt)
+	deadline := time.Now().Add(5 * time.Second)
+	for fileExists(dead) && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if fileExists(dead) {
+		t.Errorf("the dead socket %s is still there after a mount", dead)
+	}
+	if !fileExists(live) {
+		t.Errorf("the mount removed a socket someone listens on")
+	}
+}
+
+func fileExists(p string) bool { _, err := os.Lstat(p); return err == nil }

@@ -302,9 +302,12 @@ func (r *rcloneFS) Unmount(ctx context.Context) error {
 }
 
 // Settle waits until the VFS cache has uploaded everything written (rclone uploads after
-// close plus --vfs-write-back, 5 s by default).
+// close plus --vfs-write-back, 5 s by default). The queue must stay empty for a second: the
+// kernel sends RELEASE after close(2) returns, so right after a close rclone may not have
+// queued the file yet (a remount then lost it with the cache: seen once in a full run).
 func (r *rcloneFS) Settle(ctx context.Context) error {
 	deadline := time.Now().Add(15 * time.Minute)
+	var emptySince time.Time
 	for {
 		resp, err := http.Post("http://"+r.rcAddr+"/vfs/stats", "application/json", strings.NewReader("{}"))
 		if err != nil {
@@ -322,7 +325,13 @@ func (r *rcloneFS) Settle(ctx context.Context) error {
 			return fmt.Errorf("rclone rc vfs/stats: %w", err)
 		}
 		if st.DiskCache.InProgress == 0 && st.DiskCache.Queued == 0 {
-			return nil
+			if emptySince.IsZero() {
+				emptySince = time.Now()
+			} else if time.Since(emptySince) >= time.Second {
+				return nil
+			}
+		} else {
+			emptySince = time.Time{}
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("rclone still uploading after 15 min")
