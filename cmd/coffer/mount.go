@@ -490,6 +490,7 @@ func runDaemon(parent context.Context, env *cliEnv, mc mountConfig, secret []byt
 		}
 		data.Resume()
 		audit("unlock")
+		seal() // MACs the lock, failed unlocks and this unlock (no key could while locked)
 		log.Warn("unlocked")
 		return nil
 	}
