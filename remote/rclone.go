@@ -506,6 +506,19 @@ func (s *rcloneStore) getRangeHeadless(ctx context.Context, name string, off, n 
 		return nil, openErr(ctx, err)
 	}
 	defer func() { _ = rc.Close() }()
+	return readRange(ctx, rc, n, func() error {
+		if size := o.Size(); size > 0 && off+n > size {
+			return newShort("range past the end of the %d-byte object", size)
+		}
+		return nil
+	})
+}
+
+// readRange reads the n bytes of a ranged body. A short body is a cut connection or an
+// object that shrank since the lookup (retried: the next attempt sees the new size),
+// unless past says the range lies past the object's end (permanent). A body longer than n
+// comes from a server that ignored the Range: bytes from the wrong offset, never returned.
+func readRange(ctx context.Context, rc io.Reader, n int64, past func() error) ([]byte, error) {
 	buf := make([]byte, n)
 	got, err := io.ReadFull(rc, buf)
 	if err != nil {
@@ -513,8 +526,8 @@ func (s *rcloneStore) getRangeHeadless(ctx context.Context, name string, off, n 
 			if ctx.Err() != nil {
 				return nil, ctx.Err()
 			}
-			if size := o.Size(); size > 0 && off+n > size {
-				return nil, newShort("range past the end of the %d-byte object", size)
+			if err := past(); err != nil {
+				return nil, err
 			}
 			return nil, fmt.Errorf("got %d of %d bytes: %w", got, n, io.ErrUnexpectedEOF)
 		}
@@ -585,26 +598,7 @@ func (s *rcloneStore) getRange(ctx context.Context, name string, off, n int64) (
 		}
 		return data, nil
 	}
-	buf := make([]byte, n)
-	got, err := io.ReadFull(rc, buf)
-	if err != nil {
-		if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
-			if ctx.Err() != nil {
-				return nil, ctx.Err()
-			}
-			// The object shrank after the lookup, or the body was cut:
-			// retryable, the next attempt sees the new size.
-			return nil, fmt.Errorf("got %d of %d bytes: %w", got, n, io.ErrUnexpectedEOF)
-		}
-		return nil, ctxErr(ctx, err)
-	}
-	// A server that ignores Range sends the whole object from byte 0:
-	// wrong data at the wrong offset, which must never be returned.
-	var one [1]byte
-	if m, _ := rc.Read(one[:]); m > 0 {
-		return nil, Permanent(fmt.Errorf("%w: got more than the %d bytes asked for", fs.ErrorRangeIgnored, n))
-	}
-	return buf, nil
+	return readRange(ctx, rc, n, func() error { return nil }) // the lookup checked the size
 }
 
 func (s *rcloneStore) Delete(ctx context.Context, name string) error {

@@ -20,10 +20,7 @@ import (
 //
 //	go test ./fs/keyops -run '^$' -bench Rotation -benchtime 1x
 func BenchmarkRotation(b *testing.B) {
-	n := 100000
-	if s := os.Getenv("COFFER_BENCH_ROWS"); s != "" {
-		n, _ = strconv.Atoi(s)
-	}
+	n := envInt("COFFER_BENCH_ROWS", 100000)
 	e := newVol(b, volOpt{})
 	t0 := time.Now()
 	e.addFiles("f", n, 0)
@@ -88,4 +85,13 @@ func BenchmarkRotation(b *testing.B) {
 	b.Logf("raw re-wrap: %.0f/s (1 goroutine), %.0f/s (%d goroutines); rotation of %d rows: %s = %.0f rows/s = %.0f%% of the best raw rate",
 		raw1, rawW, workers, n, res.Elapsed.Round(time.Millisecond), rot, 100*rot/best)
 	_ = meta.FileName
+}
+
+// envInt is the integer in the environment variable name, or def when it is unset or not a
+// number (benchmark knobs).
+func envInt(name string, def int) int {
+	if n, err := strconv.Atoi(os.Getenv(name)); err == nil {
+		return n
+	}
+	return def
 }

@@ -1,7 +1,6 @@
 package keyops
 
 import (
-	"os"
 	"strconv"
 	"sync"
 	"testing"
@@ -19,14 +18,8 @@ import (
 //
 //	go test ./fs/keyops -run '^$' -bench DeriveRotation -benchtime 1x
 func BenchmarkDeriveRotation(b *testing.B) {
-	mb := 64
-	if s := os.Getenv("COFFER_BENCH_MB"); s != "" {
-		mb, _ = strconv.Atoi(s)
-	}
-	workers := 4
-	if s := os.Getenv("COFFER_BENCH_WORKERS"); s != "" {
-		workers, _ = strconv.Atoi(s)
-	}
+	mb := envInt("COFFER_BENCH_MB", 64)
+	workers := envInt("COFFER_BENCH_WORKERS", 4)
 	// newVol takes the package's small test layout; this benchmark wants the real one (no
 	// test here runs in parallel).
 	saved := testLayout
