@@ -4,7 +4,6 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"path/filepath"
 
 	"coffer/fs/keyops"
 	"coffer/fs/meta"
@@ -26,10 +25,7 @@ func cmdPasswd(ctx context.Context, env *cliEnv, args []string) error {
 	if len(pos) > 0 {
 		return usageError{fmt.Sprintf("unexpected argument %q", pos[0])}
 	}
-	if *state == "" {
-		return usageError{"--state DIR is required"}
-	}
-	dir, err := filepath.Abs(*state)
+	dir, err := absState(state)
 	if err != nil {
 		return err
 	}

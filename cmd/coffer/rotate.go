@@ -48,21 +48,21 @@ func notMounted(state string, err error) error {
 }
 
 // absState checks --state and makes it absolute.
-func absState(f offlineFlags) (string, error) {
-	if *f.state == "" {
+func absState(flagState *string) (string, error) {
+	if *flagState == "" {
 		return "", usageError{"--state DIR is required"}
 	}
-	state, err := filepath.Abs(*f.state)
+	state, err := filepath.Abs(*flagState)
 	if err != nil {
 		return "", err
 	}
-	*f.state = state
+	*flagState = state
 	return state, nil
 }
 
 // openOffline opens the volume of --state for a key command: it must not be mounted.
 func openOffline(ctx context.Context, env *cliEnv, f offlineFlags) (*volume.Volume, error) {
-	state, err := absState(f)
+	state, err := absState(f.state)
 	if err != nil {
 		return nil, err
 	}
@@ -153,7 +153,7 @@ func cmdRotate(ctx context.Context, env *cliEnv, args []string) error {
 	if len(pos) > 0 {
 		return usageError{fmt.Sprintf("unexpected argument %q", pos[0])}
 	}
-	state, err := absState(of)
+	state, err := absState(of.state)
 	if err != nil {
 		return err
 	}

@@ -60,7 +60,7 @@ func cmdShred(ctx context.Context, env *cliEnv, args []string) error {
 		return usageError{"--volume destroys every key of the volume: on a terminal it asks to type the volume id; otherwise pass --yes"}
 	}
 
-	state, err := absState(of)
+	state, err := absState(of.state)
 	if err != nil {
 		return err
 	}
