@@ -55,11 +55,7 @@ type ChunkRef struct {
 type FailedChunksError struct{ Chunks []ChunkRef }
 
 func (e *FailedChunksError) Error() string {
-	show := e.Chunks
-	more := ""
-	if len(show) > 10 {
-		show, more = show[:10], fmt.Sprintf(" and %d more", len(e.Chunks)-10)
-	}
+	show, more := firstTen(e.Chunks)
 	parts := make([]string, len(show))
 	for i, c := range show {
 		parts[i] = fmt.Sprintf("inode %d chunk %d", c.Ino, c.Index)

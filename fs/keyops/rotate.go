@@ -69,13 +69,17 @@ type RotateResult struct {
 type FailedRecordsError struct{ Inodes []uint64 }
 
 func (e *FailedRecordsError) Error() string {
-	show := e.Inodes
-	more := ""
-	if len(show) > 10 {
-		show, more = show[:10], fmt.Sprintf(" and %d more", len(e.Inodes)-10)
-	}
+	show, more := firstTen(e.Inodes)
 	return fmt.Sprintf("%d key records could not be re-wrapped because they do not open (tampered?): inodes %v%s; "+
 		"the rotation is incomplete: shred or restore those files, then run coffer rotate again", len(e.Inodes), show, more)
+}
+
+// firstTen is what an error message lists of xs: at most ten, and " and N more".
+func firstTen[T any](xs []T) ([]T, string) {
+	if len(xs) > 10 {
+		return xs[:10], fmt.Sprintf(" and %d more", len(xs)-10)
+	}
+	return xs, ""
 }
 
 // rotatePlan is the detail of the rotate.start audit event: the version each chain rotates
