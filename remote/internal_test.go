@@ -97,3 +97,26 @@ func TestSyncLocalRemembersDurableFolders(t *testing.T) {
 		t.Fatalf("read back: %q %v", b, err)
 	}
 }
+
+// TestS3Defaults checks that coffer turns off rclone's HEAD after each S3 upload, unless
+// the user chose.
+func TestS3Defaults(t *testing.T) {
+	srv := s3server.Start(t)
+	ctx := context.Background()
+	for _, c := range []struct {
+		remote, want string
+	}{
+		{srv.Remote("bkt/a"), "no_head='true'"},
+		{srv.Remote("bkt/b", "no_head=false"), "no_head='false'"},
+	} {
+		s, err := openRclone(ctx, c.remote, Options{}.withDefaults())
+		if err != nil {
+			t.Fatal(err)
+		}
+		cs := fs.ConfigStringFull(s.f)
+		if !strings.Contains(cs, c.want) || strings.Count(cs, "no_head=") != 1 {
+			t.Errorf("rclone config %q; want %s once", cs, c.want)
+		}
+		_ = s.Close(ctx)
+	}
+}

@@ -87,6 +87,11 @@ var backendDefaults = map[string]map[string]string{
 	// on loopback, 0.5-0.8 ms without (whole 4 MiB reads: 9-16 ms with,
 	// 20-27 ms without).
 	"sftp": {"disable_concurrent_reads": "true"},
+	// After a single-part PUT rclone HEADs the object to read back its metadata, which
+	// coffer never uses; the PUT carries Content-MD5, so its 200 already says the bytes
+	// arrived intact. Without the HEAD a Put is one request instead of two (rclone serve
+	// s3 answers a HEAD by hashing the whole object: 18% of the CPU of 4 MiB Puts).
+	"s3": {"no_head": "true"},
 }
 
 // tuneRemote returns the string given to rclone: backendDefaults added,
@@ -153,6 +158,12 @@ type rcloneStore struct {
 	// headless is the same S3 bucket with no_head_object: its NewObject sends nothing, so
 	// a ranged read is one GET (nil for other backends).
 	headless fs.Fs
+	// fds keeps descriptors of a local remote's objects open between reads (nil for
+	// other backends).
+	fds *fdCache
+	// inline: the local folder is on a local disk file system, where reads run on the
+	// caller's goroutine (see GetRange).
+	inline bool
 
 	mu       sync.RWMutex
 	closed   bool
@@ -230,6 +241,8 @@ func openRclone(ctx context.Context, remote string, opt Options) (*rcloneStore, 
 	s := &rcloneStore{f: r.f, desc: desc, cfgCtx: base, noSync: opt.NoSync}
 	if fs.Type(r.f) == "local" {
 		s.localDir = filepath.FromSlash(r.f.Root())
+		s.fds = newFDCache(fdCacheSize)
+		s.inline = onLocalDisk(s.localDir)
 	}
 	if fs.Type(r.f) == "s3" && p.Name != "" {
 		// The same bucket without the HEAD that rclone's NewObject sends: a ranged GET
@@ -293,6 +306,85 @@ func (s *rcloneStore) run(ctx context.Context, fn func(ctx context.Context) erro
 	return ctx.Err()
 }
 
+// runLocal is run for a read of a local folder, which needs no context and returns a
+// buffer of its own: still on a goroutine of its own, so that a hung folder (a dead NFS
+// server, a stuck disk) is abandoned at the caller's deadline or at Close, but without
+// run's per-call context and cancel hook. Cold random 4 KiB reads through FUSE, 4
+// paired rounds: 6193 IOPS against run's 5807 (+7%); reading on the caller's goroutine
+// would give 7683 (+32%), but nothing could then abandon a hung folder.
+func (s *rcloneStore) runLocal(ctx context.Context, fn func() ([]byte, error)) ([]byte, error) {
+	s.mu.RLock()
+	if s.closed {
+		s.mu.RUnlock()
+		return nil, ErrClosed
+	}
+	s.wg.Add(1)
+	s.mu.RUnlock()
+	if err := ctx.Err(); err != nil {
+		s.wg.Done()
+		return nil, err
+	}
+	type result struct {
+		data []byte
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		defer s.wg.Done()
+		data, err := fn()
+		done <- result{data, err}
+	}()
+	select {
+	case r := <-done:
+		return r.data, r.err
+	case <-ctx.Done():
+	case <-s.stop.Done():
+	}
+	select {
+	case r := <-done: // finished anyway: report what happened
+		return r.data, r.err
+	default:
+	}
+	if ctx.Err() == nil {
+		return nil, ErrClosed // Close cancelled it
+	}
+	return nil, ctx.Err()
+}
+
+// runInline runs a read of a folder on a local disk on the caller's goroutine: cold
+// random 4 KiB reads through FUSE, 4 paired rounds, 7683 IOPS against runLocal's 6193
+// (+24%). Nothing could abandon such a read, but a disk that hangs also hangs the
+// catalog and the staging area, which are read the same way.
+func (s *rcloneStore) runInline(ctx context.Context, fn func() ([]byte, error)) ([]byte, error) {
+	s.mu.RLock()
+	if s.closed {
+		s.mu.RUnlock()
+		return nil, ErrClosed
+	}
+	s.wg.Add(1)
+	s.mu.RUnlock()
+	defer s.wg.Done()
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	return fn()
+}
+
+// onLocalDisk says whether dir is on a file system of a local disk (or memory), as
+// opposed to a network or FUSE one whose reads may hang.
+func onLocalDisk(dir string) bool {
+	var st unix.Statfs_t
+	if unix.Statfs(dir, &st) != nil {
+		return false
+	}
+	switch st.Type {
+	case unix.EXT4_SUPER_MAGIC, unix.XFS_SUPER_MAGIC, unix.BTRFS_SUPER_MAGIC, unix.TMPFS_MAGIC,
+		unix.F2FS_SUPER_MAGIC:
+		return true
+	}
+	return false
+}
+
 func (s *rcloneStore) String() string { return s.desc }
 
 // guardedReader feeds a Put from the caller's buffer until the Put is
@@ -338,6 +430,11 @@ func (s *rcloneStore) Put(ctx context.Context, name string, data []byte) error {
 	in := &guardedReader{data: data}
 	err := s.run(ctx, func(ctx context.Context) error {
 		info := object.NewStaticObjectInfo(name, time.Now(), int64(len(data)), true, hashes, nil)
+		if s.fds != nil {
+			// Whatever happened, the name may now hold other bytes (even in an abandoned
+			// call finishing late).
+			defer s.fds.invalidate(name)
+		}
 		if _, err := s.f.Put(ctx, in, info); err != nil {
 			return ctxErr(ctx, err)
 		}
@@ -443,10 +540,18 @@ func (s *rcloneStore) GetRange(ctx context.Context, name string, off, n int64) (
 		return nil, fmt.Errorf("remote: get %s: %w", name, Permanent(fmt.Errorf("bad range off=%d n=%d", off, n)))
 	}
 	var data []byte
-	err := s.run(ctx, func(ctx context.Context) (err error) {
-		data, err = s.getRange(ctx, name, off, n)
-		return err
-	}, nil)
+	var err error
+	switch {
+	case s.inline:
+		data, err = s.runInline(ctx, func() ([]byte, error) { return s.getRangeLocal(name, off, n) })
+	case s.localDir != "":
+		data, err = s.runLocal(ctx, func() ([]byte, error) { return s.getRangeLocal(name, off, n) })
+	default:
+		err = s.run(ctx, func(ctx context.Context) (err error) {
+			data, err = s.getRange(ctx, name, off, n)
+			return err
+		}, nil)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("remote: get %s [%d+%d]: %w", name, off, n, err)
 	}
@@ -454,41 +559,40 @@ func (s *rcloneStore) GetRange(ctx context.Context, name string, off, n int64) (
 }
 
 // getRangeLocal reads [off, off+n) of an object of a local remote with one pread, on a
-// descriptor marked random-access. Through rclone's local backend each read was a fresh
-// open, and the kernel starts every fresh descriptor with readahead: a cold 16 KiB block
-// read pulled a whole readahead window from disk. We always read exactly the range we
-// need (prefetch asks for its whole window), so readahead only wastes I/O. Object names
-// need no encoding (base32 and '/'): the path is the one rclone uses.
+// descriptor marked random-access and kept open between reads (fdCache). Through
+// rclone's local backend each read was a fresh open, and the kernel starts every fresh
+// descriptor with readahead: a cold 16 KiB block read pulled a whole readahead window
+// from disk. Object names need no encoding (base32 and '/'): the path is the one rclone
+// uses.
 func (s *rcloneStore) getRangeLocal(name string, off, n int64) ([]byte, error) {
-	f, err := os.Open(filepath.Join(s.localDir, filepath.FromSlash(name)))
+	e, st, err := s.fds.acquire(name, filepath.Join(s.localDir, filepath.FromSlash(name)))
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) {
 			return nil, ErrNotFound
 		}
 		return nil, err
 	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if !st.Mode().IsRegular() { // a folder of that name: no object, as rclone says
+	defer s.fds.release(e)
+	if st.Mode&syscall.S_IFMT != syscall.S_IFREG { // a folder of that name: no object, as rclone says
 		return nil, ErrNotFound
 	}
-	size := st.Size()
+	size := st.Size
 	if off > size || (n >= 0 && off+n > size) {
 		return nil, newShort("range past the end of the %d-byte object", size)
 	}
 	if n < 0 {
 		n = size - off
 	}
-	_ = unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_RANDOM)
 	buf := make([]byte, n)
-	if got, err := f.ReadAt(buf, off); err != nil && !(errors.Is(err, io.EOF) && int64(got) == n) {
+	if got, err := e.f.ReadAt(buf, off); err != nil && !(errors.Is(err, io.EOF) && int64(got) == n) {
 		// Objects are written once; a short read means it changed under us: retry.
 		return nil, fmt.Errorf("got %d of %d bytes: %w", got, n, io.ErrUnexpectedEOF)
 	}
 	return buf, nil
+}
+
+func fadviseRandom(f *os.File) error {
+	return unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_RANDOM)
 }
 
 // getRangeHeadless reads [off, off+n) with one GET and no HEAD (S3): the size a HEAD
@@ -606,6 +710,9 @@ func (s *rcloneStore) Delete(ctx context.Context, name string) error {
 		return fmt.Errorf("remote: delete %s: %w", name, err)
 	}
 	err := s.run(ctx, func(ctx context.Context) error {
+		if s.fds != nil {
+			defer s.fds.invalidate(name)
+		}
 		// The lookup stays (a HEAD on S3): deletes run in the background, and an S3
 		// server over a file system (rclone serve s3) fails a DELETE of a name that is
 		// a folder, which must read as "no such object".
@@ -763,6 +870,9 @@ func (s *rcloneStore) Close(ctx context.Context) error {
 	done := make(chan struct{})
 	go func() { s.wg.Wait(); close(done) }()
 	finish := func(ctx context.Context) error {
+		if s.fds != nil {
+			s.fds.close() // no call is running any more: nothing holds a descriptor
+		}
 		var err error
 		for _, f := range []fs.Fs{s.f, s.headless} {
 			if f == nil {

@@ -41,11 +41,14 @@
 // is abandoned (it no longer touches the caller's buffer or callback) and
 // finishes in the background.
 //
-// A GetRange is two requests on S3 (HEAD for the size, then a ranged GET):
-// knowing the size lets a range past the end fail cleanly instead of
-// meeting S3's 416 or a server that ignores Range. Puts to S3 carry
-// Content-MD5, so corruption on the way up fails the Put. Puts to a local
-// folder are fsynced (with their folders) unless Options.NoSync.
+// A GetRange is one ranged GET on S3, with no HEAD first: the size comes back
+// in Content-Range, so a range past the end still fails cleanly, and a server
+// that ignores Range is caught by the body's length. A Put to S3 is one PUT
+// carrying Content-MD5, so corruption on the way up fails the Put (coffer sets
+// no_head=true: rclone's HEAD after the upload would only read back metadata).
+// Puts to a local folder are fsynced (with their folders) unless
+// Options.NoSync; reads of a local folder keep up to 256 descriptors open
+// between calls, dropped on Put, Delete and Close.
 //
 // After a failure, rclone's pacer spaces calls out (S3: up to 2 s apart,
 // decaying by a quarter per success), so the first seconds after an outage

@@ -36,9 +36,9 @@ func (m *methodCounter) reset() {
 	m.mu.Unlock()
 }
 
-// TestS3RangedReadsSendNoHead: a ranged read is one GET, with no HEAD before it (the data
-// path knows every range it asks for); a range past the end still fails as short, and a
-// missing object as not found.
+// TestS3RangedReadsSendNoHead: a Put is one PUT and a ranged read one GET, with no HEAD
+// after or before them (the data path knows every range it asks for); a range past the
+// end still fails as short, and a missing object as not found.
 func TestS3RangedReadsSendNoHead(t *testing.T) {
 	srv := s3server.Start(t)
 	target, err := url.Parse(srv.Endpoint())
@@ -60,8 +60,17 @@ func TestS3RangedReadsSendNoHead(t *testing.T) {
 
 	data := bytes.Repeat([]byte("0123456789abcdef"), 4096) // 64 KiB
 	const name = "c/ab/headless"
+	if err := st.Put(ctx, "c/ab/first", data); err != nil { // creates the bucket
+		t.Fatal(err)
+	}
+	mc.reset()
 	if err := st.Put(ctx, name, data); err != nil {
 		t.Fatal(err)
+	}
+	// A Put is one PUT: no HEAD after it to read back metadata (Content-MD5 checks the
+	// bytes).
+	if h, p := mc.count(http.MethodHead), mc.count(http.MethodPut); h != 0 || p != 1 {
+		t.Errorf("a Put sent %d HEAD and %d PUT requests; want 0 and 1", h, p)
 	}
 	mc.reset()
 	for _, r := range []struct{ off, n int64 }{{0, 100}, {16384, 16384}, {int64(len(data)) - 7, 7}} {
