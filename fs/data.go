@@ -11,6 +11,8 @@ type dataStore interface {
 	Attr(ino uint64) (size, mtimeNs int64, ok bool)
 	// StagedBytes is what the file has staged and not yet committed.
 	StagedBytes(ino uint64) int64
+	// Idle: nothing of ino is open, pinned or staged in the data path.
+	Idle(ino uint64) bool
 	Truncate(ctx context.Context, ino uint64, size int64) error
 	Discard(ctx context.Context, ino uint64) error
 	// WipeKeys zeroes every key and cached plaintext the data path holds

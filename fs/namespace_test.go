@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	iofs "io/fs"
 	"os"
 	"path/filepath"
 	"sort"
@@ -348,6 +349,55 @@ func TestUnlinkedOpenFile(t *testing.T) {
 		_, err := m.vol.Catalog.GetInode(context.Background(), vIno)
 		return errors.Is(err, syscall.ENOENT)
 	})
+}
+
+// Unlinking the last name of a closed file deletes it at once, whether its
+// data is on the remote (the file is gone from the catalog in the unlink's own
+// transaction) or may still be staged or uploading (the last close starts the
+// upload; the data path drops what it holds first).
+func TestUnlinkClosedFiles(t *testing.T) {
+	m := mountFS(t, mountConfig{dirtyDelay: time.Hour})
+	ctx := context.Background()
+	remoteFiles := func() int {
+		n := 0
+		_ = filepath.WalkDir(filepath.Join(filepath.Dir(m.dir), "remote", "c"), func(_ string, d iofs.DirEntry, err error) error {
+			if err == nil && !d.IsDir() {
+				n++
+			}
+			return nil
+		})
+		return n
+	}
+	m.write("synced", "on the remote")
+	m.fsync("synced")
+	m.write("staged", "only in staging")
+	synced, staged := m.lstat("synced").Ino, m.lstat("staged").Ino
+	if n := remoteFiles(); n < 1 {
+		t.Fatalf("%d objects on the remote after an fsync", n)
+	}
+	for _, name := range []string{"synced", "staged"} {
+		if err := os.Remove(m.path(name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, ino := range []uint64{synced, staged} {
+		if _, err := m.vol.Catalog.GetInode(ctx, ino); !errors.Is(err, syscall.ENOENT) {
+			t.Errorf("inode %d after unlink: %v, want ENOENT", ino, err)
+		}
+		if _, err := m.vol.Catalog.GetKey(ctx, ino); !errors.Is(err, syscall.ENOENT) {
+			t.Errorf("key record of inode %d after unlink: %v, want ENOENT", ino, err)
+		}
+		if cs, err := m.vol.Catalog.Chunks(ctx, ino, 0, 1<<40); err != nil || len(cs) != 0 {
+			t.Errorf("chunk rows of inode %d after unlink: %v %v", ino, cs, err)
+		}
+		if ups, err := m.vol.Catalog.UploadsOf(ctx, ino); err != nil || len(ups) != 0 {
+			t.Errorf("upload queue of inode %d after unlink: %v %v", ino, ups, err)
+		}
+	}
+	if ents, err := os.ReadDir(filepath.Join(filepath.Dir(m.dir), "staging")); err != nil || len(ents) != 0 {
+		t.Errorf("staging after the unlinks: %v %v", ents, err)
+	}
+	eventually(t, "the unlinked file's object deleted from the remote", func() bool { return remoteFiles() == 0 })
 }
 
 func fmtInt(i int) string { return strconv.Itoa(i) }

@@ -618,6 +618,11 @@ func (n *Node) Unlink(ctx context.Context, name string) syscall.Errno {
 	if f.opt.ReadOnly {
 		return syscall.EROFS
 	}
+	if ch := n.GetChild(name); ch != nil {
+		if errno, done := f.unlinkIdle(c, n.ino(), name, ch.StableAttr().Ino); done {
+			return errno
+		}
+	}
 	in, err := f.cat.Unlink(c, n.ino(), []byte(name), nowNs(), false)
 	if err != nil {
 		return f.errno("unlink", n.ino(), err)
@@ -626,6 +631,52 @@ func (n *Node) Unlink(ctx context.Context, name string) syscall.Errno {
 		f.unlinked(c, in.Ino)
 	}
 	return 0
+}
+
+// unlinkIdle removes name and, when that was the last link of a file nothing
+// holds (not open, nothing staged), deletes the file in the same catalog
+// transaction: one commit per rm instead of two. ino is the kernel's idea of
+// the child; done is false when the file is in use, so the caller takes the
+// general path.
+func (f *FS) unlinkIdle(ctx context.Context, parent uint64, name string, ino uint64) (syscall.Errno, bool) {
+	var in meta.Inode
+	var reaped bool
+	s := f.pin(ino)
+	inUse, err := func() (bool, error) {
+		s.mu.Lock() // no open can start while we decide
+		defer s.mu.Unlock()
+		if s.opens > 0 || !f.data.Idle(ino) {
+			return true, nil
+		}
+		return false, f.cat.Update(ctx, func(t *meta.Tx) error {
+			var err error
+			reaped = false
+			now := nowNs()
+			if in, err = t.Unlink(parent, []byte(name), now, false); err != nil || in.Nlink > 0 || in.Ino != ino {
+				return err
+			}
+			if staged, err := t.HasUploads(ino); err != nil || staged {
+				return err
+			}
+			reaped = true
+			_, err = t.Reap(ino, now)
+			return err
+		})
+	}()
+	f.unpin(ino, s)
+	switch {
+	case inUse:
+		return 0, false
+	case err != nil:
+		return f.errno("unlink", parent, err), true
+	case reaped:
+		if in.FileID != [16]byte{} {
+			f.vol.Keys.Forget(in.FileID)
+		}
+	case in.Nlink == 0:
+		f.unlinked(ctx, in.Ino) // staged uploads, or the kernel's child was stale
+	}
+	return 0, true
 }
 
 func (n *Node) Rmdir(ctx context.Context, name string) syscall.Errno {

@@ -99,11 +99,15 @@ func (c *chunk) ensureLoaded(ctx context.Context) error {
 	}
 	f := c.f
 	C := f.s.layout.ChunkSize
+	c.cut = C
+	if f.noRows {
+		c.loaded = true
+		return nil
+	}
 	rows, err := f.s.cat.Chunks(ctx, f.ino, c.idx, c.idx+1)
 	if err != nil {
 		return metaErr(err, "read chunk list of inode %d", f.ino)
 	}
-	c.cut = C
 	if len(rows) == 1 {
 		row := rows[0]
 		if row.Length < 1 || row.Length > C {

@@ -64,6 +64,8 @@ func (s *Store) drainDeletes() int {
 		return 0
 	}
 	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var done []string
 	sem := make(chan struct{}, s.opt.Uploaders)
 	for _, d := range ds {
 		sem <- struct{}{}
@@ -71,25 +73,36 @@ func (s *Store) drainDeletes() int {
 		go func(d meta.PendingDelete) {
 			defer wg.Done()
 			defer func() { <-sem }()
-			s.deleteOne(d)
+			if s.deleteOne(d) {
+				mu.Lock()
+				done = append(done, d.Name)
+				mu.Unlock()
+			}
 		}(d)
 	}
 	wg.Wait()
+	// One transaction for the batch (a crash before it only repeats deletes,
+	// which find nothing and succeed).
+	if err := s.cat.DeleteDone(ctx, done...); err != nil && ctx.Err() == nil {
+		s.log.Warn("content: cannot take deleted objects off the queue", "objects", len(done), "err", err)
+	}
 	return len(ds)
 }
 
-func (s *Store) deleteOne(d meta.PendingDelete) {
+// deleteOne deletes one queued object; true when it is gone (the caller takes
+// it off the queue).
+func (s *Store) deleteOne(d meta.PendingDelete) bool {
 	ctx := s.bg
 	name, ok := remoteName(d.Name)
 	if !ok {
 		s.log.Error("content: delete queue holds a name that is not a valid object name; postponing it a day",
 			"name", d.Name)
 		_ = s.cat.DeleteFailed(ctx, d.Name, time.Now().Add(24*time.Hour).UnixNano(), "invalid object name")
-		return
+		return false
 	}
 	if err := s.remote.Delete(ctx, name); err != nil {
 		if ctx.Err() != nil {
-			return
+			return false
 		}
 		next := time.Now().Add(backoff(d.Attempts + 1)).UnixNano()
 		if d.Attempts+1 >= 10 {
@@ -100,9 +113,7 @@ func (s *Store) deleteOne(d meta.PendingDelete) {
 				"attempts", d.Attempts+1, "err", err)
 		}
 		_ = s.cat.DeleteFailed(ctx, d.Name, next, err.Error())
-		return
+		return false
 	}
-	if err := s.cat.DeleteDone(ctx, d.Name); err != nil && ctx.Err() == nil {
-		s.log.Warn("content: cannot take a deleted object off the queue", "object", name, "err", err)
-	}
+	return true
 }

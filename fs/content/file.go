@@ -48,6 +48,10 @@ type File struct {
 	size  atomic.Int64
 	mtime atomic.Int64
 	floor int64 // under mu: catalog size at load, lowered by truncations
+	// noRows: the catalog had no chunk row for the file at load. Rows then
+	// only appear through this File's own chunks (a File lives until its
+	// uploads are committed), so a chunk not in memory has none: no query.
+	noRows bool
 
 	cmu    sync.Mutex
 	chunks map[int64]*chunk
@@ -129,6 +133,7 @@ func (f *File) load(ctx context.Context) error {
 	f.size.Store(in.Size)
 	f.mtime.Store(in.Mtime)
 	f.floor = in.Size
+	f.noRows = in.Stored == 0 // Stored sums the lengths of its chunk rows (each >= 1)
 	f.committedSize.Store(in.Size)
 	f.committedMtime.Store(in.Mtime)
 	return nil

@@ -508,6 +508,14 @@ func (s *Store) shutdown() {
 	s.seal.close()
 }
 
+// Idle says whether the data path holds nothing of inode ino: no handle, no
+// pin, nothing staged (a File stays in memory until its uploads commit).
+func (s *Store) Idle(ino uint64) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.files[ino] == nil
+}
+
 // StagedBytes is how much of ino's content is staged locally and not yet in a committed
 // object (whole blocks), for st_blocks; 0 for a file the store does not hold.
 func (s *Store) StagedBytes(ino uint64) int64 {

@@ -245,11 +245,19 @@ func (c *Catalog) NextDeletes(ctx context.Context, now int64, n int) ([]PendingD
 	return out, wrapSQL("read delete queue", rows.Err())
 }
 
-// DeleteDone takes name off the delete queue (the object is gone).
-func (c *Catalog) DeleteDone(ctx context.Context, name string) error {
+// DeleteDone takes names off the delete queue (their objects are gone), in
+// one transaction.
+func (c *Catalog) DeleteDone(ctx context.Context, names ...string) error {
+	if len(names) == 0 {
+		return nil
+	}
 	return c.update(ctx, "finish deletion", func(t *Tx) error {
-		_, err := t.exec("finish deletion", `DELETE FROM deletes WHERE name = ?`, name)
-		return err
+		for _, name := range names {
+			if _, err := t.exec("finish deletion", `DELETE FROM deletes WHERE name = ?`, name); err != nil {
+				return err
+			}
+		}
+		return nil
 	})
 }
 

@@ -3,6 +3,7 @@ package meta
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"syscall"
 )
 
@@ -64,6 +65,21 @@ func (c *Catalog) UploadsOf(ctx context.Context, ino uint64) ([]Upload, error) {
 		return nil, wrapSQL("read upload queue", err)
 	}
 	return scanUploads(rows)
+}
+
+// HasUploads says whether inode ino has queued uploads (unlink reaps a file
+// in its own transaction only when nothing of it is staged).
+func (t *Tx) HasUploads(ino uint64) (_ bool, err error) {
+	defer t.track(&err)
+	var one int
+	err = t.tx.QueryRowContext(t.ctx, `SELECT 1 FROM uploads WHERE ino = ? LIMIT 1`, int64(ino)).Scan(&one)
+	if errors.Is(err, sql.ErrNoRows) {
+		return false, nil
+	}
+	if err != nil {
+		return false, wrapSQL("read upload queue", err)
+	}
+	return true, nil
 }
 
 // SetUploadState moves upload id to state; a non-empty lastErr counts a
