@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -539,4 +540,31 @@ func TestWipeKeys(t *testing.T) {
 	f = e.openFile(ino)
 	mustEqual(t, e.read(f, 0, 40000), data, "after remount")
 	e.release(f)
+}
+
+// A prefetch window is cut into GETs of at most n blocks, in order, losing none.
+func TestSplitJobs(t *testing.T) {
+	blocks := func(from, to int64) []int64 {
+		var b []int64
+		for i := from; i < to; i++ {
+			b = append(b, i)
+		}
+		return b
+	}
+	jobs := []prefetchJob{{chunk: 0, blocks: blocks(10, 256)}, {chunk: 1, blocks: blocks(0, 64)}, {chunk: 2, blocks: blocks(3, 4)}}
+	got := splitJobs(jobs, 64)
+	var sizes []int
+	var next = map[int64]int64{0: 10, 1: 0, 2: 3}
+	for _, j := range got {
+		sizes = append(sizes, len(j.blocks))
+		for _, b := range j.blocks {
+			if b != next[j.chunk] {
+				t.Fatalf("chunk %d: block %d where %d was next", j.chunk, b, next[j.chunk])
+			}
+			next[j.chunk]++
+		}
+	}
+	if fmt.Sprint(sizes) != "[64 64 64 54 64 1]" || next[0] != 256 || next[1] != 64 || next[2] != 4 {
+		t.Fatalf("pieces %v, ends %v", sizes, next)
+	}
 }

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
+	"sync/atomic"
 
 	"coffer/crypto/format"
 	"coffer/remote"
@@ -204,22 +206,54 @@ func (s *Store) startPrefetch(ctx context.Context, f *File, from, to int64) {
 		defer s.drop(f, false)
 		pctx, cancel := context.WithTimeout(s.bg, s.opt.ReadTimeout)
 		defer cancel()
-		failed := false
-		for _, j := range jobs {
-			if !failed {
-				out := make(map[int64][]byte, len(j.blocks))
-				if err := s.fetch(pctx, f, j.base, j.blocks[0], j.blocks[len(j.blocks)-1], out); err != nil {
-					// The read that needs these blocks fetches them again
-					// and reports the failure; a prefetch only notes it.
-					s.log.Debug("content: prefetch failed", "ino", f.ino, "chunk", j.chunk, "object", j.base.name(), "err", err)
-					failed = true
+		// The window goes as GETs of at most prefetchPiece bytes, up to
+		// prefetchGETs at a time: over S3 one GET at a time left the
+		// connection idle between requests.
+		var failed atomic.Bool
+		var wg sync.WaitGroup
+		sem := make(chan struct{}, prefetchGETs)
+		for _, j := range splitJobs(jobs, max(1, prefetchPiece/int(s.layout.BlockSize))) {
+			sem <- struct{}{}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer func() { <-sem }()
+				if !failed.Load() {
+					out := make(map[int64][]byte, len(j.blocks))
+					if err := s.fetch(pctx, f, j.base, j.blocks[0], j.blocks[len(j.blocks)-1], out); err != nil {
+						// The read that needs these blocks fetches them again
+						// and reports the failure; a prefetch only notes it.
+						s.log.Debug("content: prefetch failed", "ino", f.ino, "chunk", j.chunk, "object", j.base.name(), "err", err)
+						failed.Store(true)
+					}
 				}
-			}
-			for _, b := range j.blocks {
-				s.cache.finish(blockKey{j.base.id, b})
-			}
+				for _, b := range j.blocks {
+					s.cache.finish(blockKey{j.base.id, b})
+				}
+			}()
 		}
+		wg.Wait()
 	}()
+}
+
+// A prefetch window is fetched as GETs of up to prefetchPiece bytes,
+// prefetchGETs of them at a time.
+const (
+	prefetchPiece = 1 << 20
+	prefetchGETs  = 4
+)
+
+// splitJobs cuts jobs into runs of at most n claimed blocks.
+func splitJobs(jobs []prefetchJob, n int) []prefetchJob {
+	var out []prefetchJob
+	for _, j := range jobs {
+		for len(j.blocks) > n {
+			out = append(out, prefetchJob{chunk: j.chunk, base: j.base, blocks: j.blocks[:n]})
+			j.blocks = j.blocks[n:]
+		}
+		out = append(out, j)
+	}
+	return out
 }
 
 // claimPrefetch claims the base blocks of [from, to) that are neither
