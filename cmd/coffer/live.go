@@ -291,10 +291,15 @@ func (w *streamWriter) final(r ctlReply) {
 
 // ---- client side ----
 
-// liveMountpoint returns the mountpoint of the daemon that serves the volume in state (an
-// absolute path), or "" if the volume is not mounted. A volume whose catalog is held by
-// something that is not a daemon answering for it (another coffer command) is an error.
-func liveMountpoint(ctx context.Context, state string) (string, error) {
+// liveMountpoint returns the mountpoint of the daemon that serves the volume of --state
+// (made absolute, as absState does), or "" if the volume is not mounted. A volume whose
+// catalog is held by something that is not a daemon answering for it (another coffer
+// command) is an error.
+func liveMountpoint(ctx context.Context, flagState *string) (string, error) {
+	state, err := absState(flagState)
+	if err != nil {
+		return "", err
+	}
 	probe, err := meta.Open(ctx, state)
 	if err == nil {
 		probe.Close()

@@ -153,12 +153,8 @@ func cmdRotate(ctx context.Context, env *cliEnv, args []string) error {
 	if len(pos) > 0 {
 		return usageError{fmt.Sprintf("unexpected argument %q", pos[0])}
 	}
-	state, err := absState(of.state)
-	if err != nil {
-		return err
-	}
 	// A mounted volume is rotated by its daemon (the only writer of its catalog).
-	if mnt, err := liveMountpoint(ctx, state); err != nil {
+	if mnt, err := liveMountpoint(ctx, of.state); err != nil {
 		return err
 	} else if mnt != "" {
 		return rotateLive(ctx, env, mnt, *retire)

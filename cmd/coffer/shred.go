@@ -60,13 +60,9 @@ func cmdShred(ctx context.Context, env *cliEnv, args []string) error {
 		return usageError{"--volume destroys every key of the volume: on a terminal it asks to type the volume id; otherwise pass --yes"}
 	}
 
-	state, err := absState(of.state)
-	if err != nil {
-		return err
-	}
 	// A mounted volume is shredded by its daemon (the only writer of its catalog), which
 	// also revokes descriptors still open on the files and drops the kernel's caches.
-	if mnt, err := liveMountpoint(ctx, state); err != nil {
+	if mnt, err := liveMountpoint(ctx, of.state); err != nil {
 		return err
 	} else if mnt != "" {
 		req := ctlRequest{Op: "shred", Paths: paths, Volume: *whole, Now: *now}
