@@ -2,7 +2,6 @@ package keyops
 
 import (
 	"os"
-	"runtime"
 	"strconv"
 	"sync"
 	"testing"
@@ -39,28 +38,14 @@ func BenchmarkRotation(b *testing.B) {
 	defer e.v.Provider.DestroyKEK(ctx, scratch)
 	raw := func(workers int) float64 {
 		start := time.Now()
-		var wg sync.WaitGroup
-		for w := range workers {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for i := w; i < len(rows); i += workers {
-					id := keys.FileIdentity{Volume: e.v.ID, File: rows[i].FileID}
-					if _, err := keys.Rewrap(ctx, e.v.Provider, toKeys(rows[i].Key), id, scratch); err != nil {
-						b.Error(err)
-						return
-					}
-				}
-			}()
-		}
-		wg.Wait()
+		striped(b, workers, len(rows), func(i int) error {
+			id := keys.FileIdentity{Volume: e.v.ID, File: rows[i].FileID}
+			_, err := keys.Rewrap(ctx, e.v.Provider, toKeys(rows[i].Key), id, scratch)
+			return err
+		})
 		return float64(len(rows)) / time.Since(start).Seconds()
 	}
-	workers := 2
-	if s := os.Getenv("COFFER_BENCH_WORKERS"); s != "" {
-		workers, _ = strconv.Atoi(s)
-	}
-	_ = runtime.GOMAXPROCS
+	workers := envInt("COFFER_BENCH_WORKERS", 2)
 	raw1 := raw(1)
 	rawW := raw(workers)
 	best := max(raw1, rawW)
@@ -85,6 +70,25 @@ func BenchmarkRotation(b *testing.B) {
 	b.Logf("raw re-wrap: %.0f/s (1 goroutine), %.0f/s (%d goroutines); rotation of %d rows: %s = %.0f rows/s = %.0f%% of the best raw rate",
 		raw1, rawW, workers, n, res.Elapsed.Round(time.Millisecond), rot, 100*rot/best)
 	_ = meta.FileName
+}
+
+// striped runs fn(0..n-1) on workers goroutines, item i on goroutine i%workers; a
+// goroutine stops at its first error, which fails b.
+func striped(b *testing.B, workers, n int, fn func(i int) error) {
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < n; i += workers {
+				if err := fn(i); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
 }
 
 // envInt is the integer in the environment variable name, or def when it is unset or not a

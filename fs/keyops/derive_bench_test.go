@@ -2,7 +2,6 @@ package keyops
 
 import (
 	"strconv"
-	"sync"
 	"testing"
 	"time"
 
@@ -48,27 +47,16 @@ func BenchmarkDeriveRotation(b *testing.B) {
 		}
 	}
 	start := time.Now()
-	var wg sync.WaitGroup
-	for w := range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := w; i < len(objs); i += workers {
-				data, err := e.v.Store.GetRange(ctx, objs[i], 0, -1)
-				if err == nil {
-					err = e.v.Store.Put(ctx, objs[i]+"x", data)
-				}
-				if err == nil {
-					err = e.v.Store.Delete(ctx, objs[i]+"x")
-				}
-				if err != nil {
-					b.Error(err)
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
+	striped(b, workers, len(objs), func(i int) error {
+		data, err := e.v.Store.GetRange(ctx, objs[i], 0, -1)
+		if err == nil {
+			err = e.v.Store.Put(ctx, objs[i]+"x", data)
+		}
+		if err == nil {
+			err = e.v.Store.Delete(ctx, objs[i]+"x")
+		}
+		return err
+	})
 	raw := float64(total) / (1 << 20) / time.Since(start).Seconds()
 
 	b.ResetTimer()
