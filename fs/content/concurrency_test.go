@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"fmt"
 	"math/rand/v2"
+	"runtime/pprof"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -179,4 +181,83 @@ func TestConcurrency(t *testing.T) {
 	fs = e.openFile(shared)
 	mustEqual(t, e.read(fs, 0, blocks*B), want, "shared file after remount")
 	e.release(fs)
+}
+
+// A read whose prefetch has claimed blocks of chunk 0 and must not wait for
+// chunk 1's lock; a write holding chunk 0 waits for those blocks; a
+// GETATTR (StagedBytes) walks the chunk map. Before the fix the three
+// formed a cycle (prefetch -> chunk map -> chunk 0 -> prefetch) and the
+// mount hung for good (seen once in TestConcurrentWriters over S3).
+func TestPrefetchClaimsNeverWait(t *testing.T) {
+	e := newEnv(t, "local", smallLayout, Options{Readahead: 48 << 10})
+	ino := e.createFile("f")
+	f := e.openFile(ino)
+	e.write(f, 0, pattern(5, 0, 48<<10)) // three 16 KiB chunks
+	e.sync(f)
+	e.s.cache.reset(false)
+
+	c1 := f.chunk(1)
+	c1.mu.Lock() // a writer busy in chunk 1
+	var unlock sync.Once
+	release := func() { unlock.Do(c1.mu.Unlock) }
+	t.Cleanup(release) // before the env's: Close locks every chunk
+	done := make(chan string, 3)
+	var wrote atomic.Bool
+	go func() { // P: a read at 0 counts as sequential and prefetches the rest of the file
+		buf := make([]byte, 4096)
+		if _, err := f.ReadAt(e.ctx, buf, 0); err != nil {
+			t.Errorf("read: %v", err)
+		}
+		done <- "read"
+	}()
+	c0 := f.chunk(0)
+	waitFor(t, 5*time.Second, "the prefetch to claim chunk 0's blocks", func() bool {
+		c0.mu.RLock()
+		base := c0.base
+		c0.mu.RUnlock()
+		if base == nil {
+			return false
+		}
+		sh := e.s.cache.shard(blockKey{base.id, 1})
+		sh.mu.Lock()
+		defer sh.mu.Unlock()
+		_, claimed := sh.flights[blockKey{base.id, 1}]
+		_, cached := sh.m[blockKey{base.id, 1}]
+		return claimed || cached
+	})
+	go func() { // W: a partial block in chunk 0 needs block 1's old content
+		if _, err := f.WriteAt(e.ctx, make([]byte, 100), 4096+10); err != nil {
+			t.Errorf("write: %v", err)
+		}
+		wrote.Store(true)
+		done <- "write"
+	}()
+	waitFor(t, 5*time.Second, "the write to finish or to hold chunk 0", func() bool {
+		if c0.mu.TryRLock() {
+			c0.mu.RUnlock()
+			return wrote.Load()
+		}
+		return true
+	})
+	go func() { // G: GETATTR, after the write holds chunk 0
+		e.s.StagedBytes(ino)
+		done <- "getattr"
+	}()
+	time.Sleep(100 * time.Millisecond)
+	release()
+	deadline := time.After(10 * time.Second)
+	for range 3 {
+		select {
+		case <-done:
+		case <-deadline:
+			buf := new(bytes.Buffer)
+			_ = pprof.Lookup("goroutine").WriteTo(buf, 1)
+			e.s = nil // Close would hang on the same locks
+			t.Fatalf("read, write and GETATTR did not all return: deadlock\n%s", buf)
+		}
+	}
+	want := pattern(5, 0, 48<<10)
+	copy(want[4096+10:], make([]byte, 100))
+	mustEqual(t, e.read(f, 0, 48<<10), want, "after the write")
+	e.release(f)
 }

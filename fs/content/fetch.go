@@ -7,6 +7,7 @@ import (
 	"io"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"coffer/crypto/format"
 	"coffer/remote"
@@ -43,12 +44,27 @@ func (s *Store) loadBlocks(ctx context.Context, f *File, b *baseObj, need []int6
 			return nil, err
 		}
 	}
+	// A fetch someone else claimed is waited for at most ReadTimeout (its own
+	// deadline): past that it is stuck, or waits for a lock this caller
+	// holds, and the blocks are fetched here instead of hanging.
 	var again []int64
+	var late <-chan time.Time
+	if len(waits) > 0 {
+		t := time.NewTimer(s.opt.ReadTimeout)
+		defer t.Stop()
+		late = t.C
+	}
 	for _, w := range waits {
-		select {
-		case <-w.fl.done:
-		case <-ctx.Done():
-			return nil, ctx.Err()
+		if late != nil {
+			select {
+			case <-w.fl.done:
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			case <-late:
+				late = nil
+				s.log.Warn("content: a fetch of blocks this read needs did not finish in time; fetching them again",
+					"ino", f.ino, "object", b.name(), "block", w.block, "waited", s.opt.ReadTimeout)
+			}
 		}
 		if data, ok := s.cache.get(blockKey{b.id, w.block}); ok {
 			out[w.block] = data
@@ -199,7 +215,12 @@ func (s *Store) startPrefetch(ctx context.Context, f *File, from, to int64) {
 	f.pins++
 	s.wg.Add(1)
 	s.mu.Unlock()
-	jobs := f.claimPrefetch(ctx, from, to)
+	jobs, end := f.claimPrefetch(ctx, from, to)
+	if end < to {
+		f.raMu.Lock()
+		f.raAhead = min(f.raAhead, end) // the rest is claimed by a later read
+		f.raMu.Unlock()
+	}
 	go func() {
 		defer s.wg.Done()
 		defer func() { <-s.prefetchSem }()
@@ -258,20 +279,32 @@ func splitJobs(jobs []prefetchJob, n int) []prefetchJob {
 
 // claimPrefetch claims the base blocks of [from, to) that are neither
 // staged, cached nor being fetched. f.mu is held shared.
-func (f *File) claimPrefetch(ctx context.Context, from, to int64) []prefetchJob {
+//
+// Once it holds claims it must not wait for anything: a writer holding the
+// next chunk's lock may itself be waiting for a block claimed here. So
+// past the first chunk with claims it stops at a chunk that is not loaded
+// or whose lock is taken; the next read moves the window on. end is where
+// it stopped.
+func (f *File) claimPrefetch(ctx context.Context, from, to int64) (jobs []prefetchJob, end int64) {
 	s := f.s
 	B := int64(s.layout.BlockSize)
 	C := s.layout.ChunkSize
-	var jobs []prefetchJob
-	for pos := from; pos < to; {
-		k, in := pos/C, pos%C
-		m := min(to-pos, C-in)
-		pos += m
-		c := f.chunk(k)
-		if err := c.load(ctx); err != nil {
-			break
+	for end = from; end < to; {
+		k, in := end/C, end%C
+		m := min(to-end, C-in)
+		c := f.chunk(k) // cmu is a leaf lock: never held long
+		if len(jobs) == 0 {
+			if err := c.load(ctx); err != nil {
+				return jobs, end
+			}
+			c.mu.RLock()
+		} else if !c.mu.TryRLock() {
+			return jobs, end
+		} else if !c.loaded {
+			c.mu.RUnlock()
+			return jobs, end
 		}
-		c.mu.RLock()
+		end += m
 		j := prefetchJob{chunk: k, base: c.base}
 		if c.base != nil {
 			for b := in / B; b <= (in+m-1)/B && b*B < c.baseLimit; b++ {
@@ -288,5 +321,5 @@ func (f *File) claimPrefetch(ctx context.Context, from, to int64) []prefetchJob 
 			jobs = append(jobs, j)
 		}
 	}
-	return jobs
+	return jobs, end
 }

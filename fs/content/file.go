@@ -28,7 +28,10 @@ type keyring interface {
 // Locking: mu is held shared by reads and writes of data and exclusively
 // by truncation, hole punching and discard; each chunk has its own lock;
 // commitMu orders the file's catalog commits so sizes never go backwards.
-// Order: mu, then a chunk's mu, then commitMu.
+// Order: mu, then a chunk's mu, then commitMu. cmu (the chunk map) is a
+// leaf: nothing is locked or waited for while it is held (walk allChunks).
+// A caller that holds claimed cache blocks (flights others wait for) takes
+// no lock it could wait for (see claimPrefetch).
 type File struct {
 	s   *Store
 	ino uint64
@@ -209,8 +212,7 @@ func (f *File) wipeKeys() {
 	defer f.wipeMu.Unlock()
 	f.keyGen.Add(1)
 	defer f.keyGen.Add(1)
-	f.cmu.Lock()
-	for _, c := range f.chunks {
+	for _, c := range f.allChunks() { // one created meanwhile sees keyGen moved
 		c.mu.RLock()
 		if c.base != nil {
 			c.base.wipe()
@@ -220,7 +222,6 @@ func (f *File) wipeKeys() {
 		}
 		c.mu.RUnlock()
 	}
-	f.cmu.Unlock()
 	f.keyMu.Lock()
 	f.dek.Wipe()
 	f.dek = nil
@@ -306,14 +307,8 @@ type syncTarget struct {
 
 // dirtyTargets lists the file's chunks with staged changes.
 func (f *File) dirtyTargets() []syncTarget {
-	f.cmu.Lock()
-	cs := make([]*chunk, 0, len(f.chunks))
-	for _, c := range f.chunks {
-		cs = append(cs, c)
-	}
-	f.cmu.Unlock()
 	var out []syncTarget
-	for _, c := range cs {
+	for _, c := range f.allChunks() {
 		c.mu.RLock()
 		if c.stg != nil && !c.dead && c.committedGen < c.gen {
 			out = append(out, syncTarget{c, c.gen})
@@ -354,6 +349,20 @@ func (f *File) chunk(idx int64) *chunk {
 		f.chunks[idx] = c
 	}
 	return c
+}
+
+// allChunks returns the chunks in memory now. Callers lock each one after
+// cmu is released: holding cmu while waiting for a chunk closed a cycle
+// (a GETATTR held cmu waiting for a write's chunk, the write waited for
+// blocks a read's prefetch had claimed, the prefetch waited for cmu).
+func (f *File) allChunks() []*chunk {
+	f.cmu.Lock()
+	defer f.cmu.Unlock()
+	cs := make([]*chunk, 0, len(f.chunks))
+	for _, c := range f.chunks {
+		cs = append(cs, c)
+	}
+	return cs
 }
 
 // knownChunk returns chunk idx if it is in memory.

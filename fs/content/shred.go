@@ -39,15 +39,13 @@ func (s *Store) Revoke(ctx context.Context, ino uint64) error {
 			return ioErr(ctx, ctx.Err(), "revoke inode %d", ino)
 		}
 		if f.loadErr == nil {
-			f.cmu.Lock()
-			for _, c := range f.chunks {
+			for _, c := range f.allChunks() {
 				c.mu.RLock()
 				if c.base != nil {
 					objs[c.base.id] = true
 				}
 				c.mu.RUnlock()
 			}
-			f.cmu.Unlock()
 		}
 	}
 	if err := s.Discard(ctx, ino); err != nil {

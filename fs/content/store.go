@@ -492,15 +492,13 @@ func (s *Store) shutdown() {
 	for _, f := range files {
 		<-f.ready
 		f.mu.Lock()
-		f.cmu.Lock()
-		for _, c := range f.chunks {
+		for _, c := range f.allChunks() {
 			c.mu.Lock()
 			if c.stg != nil {
 				c.stg.close()
 			}
 			c.mu.Unlock()
 		}
-		f.cmu.Unlock()
 		f.mu.Unlock()
 		f.wipe()
 	}
@@ -526,14 +524,12 @@ func (s *Store) StagedBytes(ino uint64) int64 {
 		return 0
 	}
 	var blocks int64
-	f.cmu.Lock()
-	for _, c := range f.chunks {
+	for _, c := range f.allChunks() {
 		c.mu.RLock()
 		if c.stg != nil {
 			blocks += c.stg.n
 		}
 		c.mu.RUnlock()
 	}
-	f.cmu.Unlock()
 	return blocks * int64(s.layout.BlockSize)
 }

@@ -316,15 +316,10 @@ func (f *File) dataExtents(ctx context.Context, from, size int64) ([][2]int64, e
 	for _, r := range rows {
 		ext[r.Index] = min(r.Length, max(0, f.floor-r.Index*C))
 	}
-	f.cmu.Lock()
-	cs := make([]*chunk, 0, len(f.chunks))
-	for k, c := range f.chunks {
-		if k >= from {
-			cs = append(cs, c)
+	for _, c := range f.allChunks() {
+		if c.idx < from {
+			continue
 		}
-	}
-	f.cmu.Unlock()
-	for _, c := range cs {
 		c.mu.RLock()
 		switch {
 		case c.stg != nil:
