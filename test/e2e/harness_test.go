@@ -618,8 +618,38 @@ func (v *Volume) arm(d time.Duration, what string) {
 	}
 	v.watchdog = time.AfterFunc(d, func() {
 		v.t.Errorf("watchdog: %s still running after %v: the mount at %s looks stuck; killing the daemon and unmounting lazily", what, d, v.Mnt)
+		v.dumpGoroutines()
 		v.forceUnmount()
 	})
+}
+
+// dumpGoroutines makes a stuck daemon print its goroutines (SIGQUIT: the Go runtime
+// writes every stack to its log and exits) and logs those running coffer code, so a
+// deadlock seen once in CI can be read from the test output.
+func (v *Volume) dumpGoroutines() {
+	v.mu.Lock()
+	d := v.daemon
+	v.mu.Unlock()
+	if d == nil || d.exited() || d.proc.Signal(syscall.SIGQUIT) != nil {
+		return
+	}
+	select {
+	case <-d.done:
+	case <-time.After(10 * time.Second):
+	}
+	log := readFileString(filepath.Join(v.State, daemonLogName))
+	i := strings.LastIndex(log, "SIGQUIT")
+	if i < 0 {
+		v.t.Logf("the stuck daemon wrote no goroutine dump")
+		return
+	}
+	var keep []string
+	for _, g := range strings.Split(log[i:], "\n\n") {
+		if strings.HasPrefix(g, "goroutine ") && strings.Contains(g, "coffer/") {
+			keep = append(keep, g)
+		}
+	}
+	v.t.Logf("goroutines of the stuck daemon running coffer code (%d):\n%s", len(keep), strings.Join(keep, "\n\n"))
 }
 
 // Daemon is the serving process (nil in plain mode or when unmounted).
