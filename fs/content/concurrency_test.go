@@ -189,7 +189,8 @@ func TestConcurrency(t *testing.T) {
 // formed a cycle (prefetch -> chunk map -> chunk 0 -> prefetch) and the
 // mount hung for good (seen once in TestConcurrentWriters over S3).
 func TestPrefetchClaimsNeverWait(t *testing.T) {
-	e := newEnv(t, "local", smallLayout, Options{Readahead: 48 << 10})
+	// ReadTimeout well past the 10 s below: its bound on waits must not hide a cycle.
+	e := newEnv(t, "local", smallLayout, Options{Readahead: 48 << 10, ReadTimeout: time.Hour})
 	ino := e.createFile("f")
 	f := e.openFile(ino)
 	e.write(f, 0, pattern(5, 0, 48<<10)) // three 16 KiB chunks

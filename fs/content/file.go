@@ -31,7 +31,8 @@ type keyring interface {
 // Order: mu, then a chunk's mu, then commitMu. cmu (the chunk map) is a
 // leaf: nothing is locked or waited for while it is held (walk allChunks).
 // A caller that holds claimed cache blocks (flights others wait for) takes
-// no lock it could wait for (see claimPrefetch).
+// only leaf locks before it finishes them (keyMu, then the keyring and its
+// provider; see claimPrefetch).
 type File struct {
 	s   *Store
 	ino uint64
