@@ -36,10 +36,9 @@ func (m *methodCounter) reset() {
 	m.mu.Unlock()
 }
 
-// TestS3RangedReadsSendNoHead: a Put is one PUT and a ranged read one GET, with no HEAD
-// after or before them (the data path knows every range it asks for); a range past the
-// end still fails as short, and a missing object as not found.
-func TestS3RangedReadsSendNoHead(t *testing.T) {
+// countedS3 opens a Store on a real S3 server through a proxy that counts requests.
+func countedS3(t *testing.T) (remote.Store, *methodCounter) {
+	t.Helper()
 	srv := s3server.Start(t)
 	target, err := url.Parse(srv.Endpoint())
 	if err != nil {
@@ -54,7 +53,14 @@ func TestS3RangedReadsSendNoHead(t *testing.T) {
 		rp.ServeHTTP(w, r)
 	}))
 	t.Cleanup(proxy.Close)
-	st := open(t, fmt.Sprintf(":s3,provider=Rclone,endpoint='%s':bkt/vol", proxy.URL), remote.Options{})
+	return open(t, fmt.Sprintf(":s3,provider=Rclone,endpoint='%s':bkt/vol", proxy.URL), remote.Options{}), mc
+}
+
+// TestS3RangedReadsSendNoHead: a Put is one PUT and a ranged read one GET, with no HEAD
+// after or before them (the data path knows every range it asks for); a range past the
+// end still fails as short, and a missing object as not found.
+func TestS3RangedReadsSendNoHead(t *testing.T) {
+	st, mc := countedS3(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 

@@ -28,6 +28,7 @@ import (
 	"coffer/fs/keyops"
 	"coffer/fs/meta"
 	"coffer/fs/volume"
+	"coffer/remote"
 
 	"golang.org/x/sys/unix"
 )
@@ -44,6 +45,7 @@ type mountConfig struct {
 	allowOther, readOnly  bool
 	pinFile, passFile     string
 	cacheSize, stagingCap int64
+	diskCache             int64 // bytes of uploaded objects kept in STATE/objcache; 0 = off
 	unmountTimeout        time.Duration
 	syncTimeout           time.Duration // fsync gives up with EIO after this
 	readTimeout           time.Duration // one remote read gives up with EIO after this
@@ -61,6 +63,7 @@ func cmdMount(ctx context.Context, env *cliEnv, args []string) error {
 	fl.StringVar(&mc.passFile, "passphrase-file", "", "file holding the passphrase (else COFFER_PASSPHRASE or a prompt)")
 	cache := fl.String("cache-size", "256M", "plaintext block cache in memory")
 	staging := fl.String("staging-cap", "8G", "ciphertext staged locally before writes fail with ENOSPC")
+	diskCache := fl.String("disk-cache", "0", "keep copies of uploaded objects (ciphertext) in STATE/objcache, up to this size, and read from them (0: off)")
 	fl.DurationVar(&mc.unmountTimeout, "unmount-timeout", time.Minute, "how long unmount waits for uploads before it gives up (data stays staged)")
 	fl.DurationVar(&mc.syncTimeout, "sync-timeout", time.Minute, "how long fsync waits for uploads before it fails with EIO (data stays staged)")
 	fl.DurationVar(&mc.readTimeout, "read-timeout", time.Minute, "how long a read waits for the remote before it fails with EIO")
@@ -81,6 +84,11 @@ func cmdMount(ctx context.Context, env *cliEnv, args []string) error {
 	}
 	if mc.stagingCap, err = parseSize(*staging); err != nil {
 		return usageError{"--staging-cap: " + err.Error()}
+	}
+	if *diskCache != "0" {
+		if mc.diskCache, err = parseSize(*diskCache); err != nil {
+			return usageError{"--disk-cache: " + err.Error()}
+		}
 	}
 	if mc.state, err = filepath.Abs(mc.state); err != nil {
 		return err
@@ -428,6 +436,20 @@ func runDaemon(parent context.Context, env *cliEnv, mc mountConfig, secret []byt
 			log.Error("close volume", "err", cerr)
 		}
 		log.Info("keys wiped", "volume", hex.EncodeToString(v.ID[:]))
+	}
+	if objcache := filepath.Join(mc.state, "objcache"); mc.diskCache > 0 {
+		dc, err := remote.NewDiskCache(v.Store, objcache, mc.diskCache, log)
+		if err != nil {
+			closeVolume()
+			return err
+		}
+		v.Store = dc
+	} else if _, err := os.Stat(objcache); err == nil {
+		// Off now: its copies would go stale as objects are deleted without it.
+		log.Info("removing the disk cache of an earlier mount (--disk-cache is off)", "dir", objcache)
+		if err := os.RemoveAll(objcache); err != nil {
+			log.Warn("could not remove the disk cache", "dir", objcache, "err", err)
+		}
 	}
 	data, err := content.New(v, content.Options{
 		StagingDir: mc.stagingDir, CacheBytes: mc.cacheSize, StagingCap: mc.stagingCap,
