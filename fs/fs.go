@@ -433,8 +433,20 @@ const invalidateTimeout = 10 * time.Second
 func (f *FS) Lock() (time.Duration, error) {
 	start := time.Now()
 	var errs []error
-	if err := f.vol.Lock(); err != nil {
-		errs = append(errs, err)
+	// The keyring zeroes its cached keys and refuses new operations at once, then waits
+	// for calls in flight before it wipes the provider. An HSM call that hangs must not
+	// keep the data path's keys and the page cache alive: wait a bounded time.
+	locked := make(chan error, 1)
+	go func() { locked <- f.vol.Lock() }()
+	select {
+	case err := <-locked:
+		if err != nil {
+			errs = append(errs, err)
+		}
+	case <-time.After(invalidateTimeout):
+		errs = append(errs, fmt.Errorf("lock: a key provider call still running after %s holds the provider open; "+
+			"cached keys are wiped, the provider is wiped when that call returns", invalidateTimeout))
+		f.log.Error("lock: the key provider is busy (a hung HSM call?); wiping the rest now", "timeout", invalidateTimeout)
 	}
 	f.data.WipeKeys()
 	// Plaintext lives in the page cache too. NotifyContent may block while

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"sync"
+	"sync/atomic"
 )
 
 // ErrLocked is returned by every key operation of a locked Keyring (coffer lock): the cached
@@ -34,6 +35,10 @@ type Keyring struct {
 	kind   string
 	locked bool
 	wiped  bool
+	// locking is set by Lock before it waits for operations in flight (an HSM call that
+	// hangs would hold it back for good): from then on Locked reports true and new
+	// operations fail with ErrLocked at once, without waiting behind it.
+	locking atomic.Bool
 }
 
 // NewKeyring binds a provider and an optional cache (nil: no caching) to a volume. The
@@ -60,6 +65,9 @@ func (k *Keyring) identity(file [IDSize]byte) FileIdentity {
 // acquire read-locks the keyring and returns its provider, or the error saying why there is
 // none. On success the caller must call k.mu.RUnlock.
 func (k *Keyring) acquire() (Provider, error) {
+	if k.locking.Load() {
+		return nil, ErrLocked
+	}
 	k.mu.RLock()
 	switch {
 	case k.wiped:
@@ -74,6 +82,9 @@ func (k *Keyring) acquire() (Provider, error) {
 
 // Locked reports whether the keyring is locked (or wiped for good).
 func (k *Keyring) Locked() bool {
+	if k.locking.Load() {
+		return true
+	}
 	k.mu.RLock()
 	defer k.mu.RUnlock()
 	return k.locked || k.wiped
@@ -167,10 +178,22 @@ func (k *Keyring) WipeCache() {
 // their callers, who must wipe them too (the data path does: content.Store.WipeKeys). The
 // keyring is locked even when the provider's wipe reports an error (an HSM that did not close
 // in time), which Lock returns. Locking a locked keyring does nothing.
+//
+// The cached DEKs are zeroed, Locked reports true and new operations fail at once, before
+// Lock waits for those in flight: an HSM call that never returns delays only the provider's
+// wipe (and Lock's return), never the rest.
 func (k *Keyring) Lock() error {
+	k.locking.Store(true)
+	if k.cache != nil {
+		k.cache.Wipe() // again below: an operation in flight may still put its key back
+	}
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	if k.locked || k.wiped {
+	if k.wiped {
+		k.locking.Store(false) // operations keep failing with ErrWiped
+		return nil
+	}
+	if k.locked {
 		return nil
 	}
 	k.locked = true
@@ -197,6 +220,7 @@ func (k *Keyring) Unlock(p Provider) error {
 	}
 	old := k.p
 	k.p, k.kind, k.locked = p, p.Kind(), false
+	k.locking.Store(false)
 	if old != nil {
 		if k.cache != nil {
 			k.cache.Wipe() // keys from the old provider: no reason to trust them longer

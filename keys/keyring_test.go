@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -300,4 +301,112 @@ func BenchmarkKeyringLock1000(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// hangingOpen is a provider whose Open blocks until release is closed: an HSM that stops
+// answering in the middle of an unwrap.
+type hangingOpen struct {
+	keys.Provider
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (h *hangingOpen) Open(ctx context.Context, ref keys.KEKRef, iv, ct, aad []byte) ([]byte, error) {
+	close(h.entered)
+	<-h.release
+	return h.Provider.Open(ctx, ref, iv, ct, aad)
+}
+
+// TestKeyringLockWithHungCall: while a provider call hangs, Lock zeroes the cached keys,
+// Locked reports true and new operations fail with ErrLocked at once; the provider is
+// wiped and Lock returns when the call does, and the key that call produced is not
+// cached.
+func TestKeyringLockWithHungCall(t *testing.T) {
+	ctx := context.Background()
+	fx := newLockFixture(t)
+	cache := keys.NewCache(time.Minute, 0)
+	h := &hangingOpen{Provider: fx.p, entered: make(chan struct{}), release: make(chan struct{})}
+	kr := keys.NewKeyring(h, fx.vol, cache)
+	defer kr.Wipe()
+	rec, dek, err := kr.NewFileKey(ctx, keys.ModeWrap, keys.KEKRef{Version: 1}, fid(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dek.Wipe()
+	rec2, dek2, err := kr.NewFileKey(ctx, keys.ModeWrap, keys.KEKRef{Version: 1}, fid(2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dek2.Wipe()
+	kr.Forget(fid(2)) // its next FileKey goes to the provider, and hangs there
+	if cache.Len() != 1 {
+		t.Fatalf("%d keys cached; want 1", cache.Len())
+	}
+	hung := make(chan error, 1)
+	go func() {
+		d, err := kr.FileKey(ctx, rec2, fid(2))
+		if err == nil {
+			d.Wipe()
+		}
+		hung <- err
+	}()
+	<-h.entered
+	lockDone := make(chan error, 1)
+	go func() { lockDone <- kr.Lock() }()
+
+	// Checked on a goroutine: before the fix these calls waited behind Lock for good.
+	checked := make(chan string, 1)
+	go func() {
+		deadline := time.Now().Add(2 * time.Second)
+		for !kr.Locked() || cache.Len() != 0 {
+			if time.Now().After(deadline) {
+				checked <- fmt.Sprintf("2 s after Lock: Locked() = %v, %d keys cached", kr.Locked(), cache.Len())
+				return
+			}
+			time.Sleep(time.Millisecond)
+		}
+		if _, err := kr.FileKey(ctx, rec, fid(1)); !errors.Is(err, keys.ErrLocked) {
+			checked <- fmt.Sprintf("FileKey while Lock waits for a hung call = %v; want ErrLocked", err)
+			return
+		}
+		checked <- ""
+	}()
+	select {
+	case msg := <-checked:
+		if msg != "" {
+			t.Error(msg)
+		}
+	case <-time.After(3 * time.Second):
+		t.Error("with a provider call hanging, Locked or FileKey blocked behind Lock")
+	}
+	select {
+	case err := <-lockDone:
+		t.Fatalf("Lock returned (%v) while a provider call still ran", err)
+	default:
+	}
+
+	close(h.release)
+	if err := <-hung; err != nil {
+		t.Errorf("the call that hung: %v", err)
+	}
+	if err := <-lockDone; err != nil {
+		t.Fatalf("Lock: %v", err)
+	}
+	if n := cache.Len(); n != 0 {
+		t.Errorf("%d keys cached after Lock returned", n)
+	}
+	if _, err := kr.FileKey(ctx, rec, fid(1)); !errors.Is(err, keys.ErrLocked) {
+		t.Errorf("FileKey after Lock = %v; want ErrLocked", err)
+	}
+	if err := kr.Unlock(fx.reopen(t)); err != nil {
+		t.Fatal(err)
+	}
+	if kr.Locked() {
+		t.Error("Locked() after Unlock")
+	}
+	d, err := kr.FileKey(ctx, rec, fid(1))
+	if err != nil {
+		t.Fatalf("FileKey after Unlock: %v", err)
+	}
+	d.Wipe()
 }
