@@ -3,6 +3,8 @@ package content
 import (
 	"context"
 	"errors"
+	"maps"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -359,11 +361,7 @@ func (f *File) chunk(idx int64) *chunk {
 func (f *File) allChunks() []*chunk {
 	f.cmu.Lock()
 	defer f.cmu.Unlock()
-	cs := make([]*chunk, 0, len(f.chunks))
-	for _, c := range f.chunks {
-		cs = append(cs, c)
-	}
-	return cs
+	return slices.Collect(maps.Values(f.chunks))
 }
 
 // knownChunk returns chunk idx if it is in memory.

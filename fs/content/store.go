@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -397,11 +399,7 @@ func (s *Store) maybeFree(f *File) {
 func (s *Store) liveFiles() []*File {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := make([]*File, 0, len(s.files))
-	for _, f := range s.files {
-		out = append(out, f)
-	}
-	return out
+	return slices.Collect(maps.Values(s.files))
 }
 
 // notify wakes everyone waiting for uploads to progress.
