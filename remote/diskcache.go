@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // NewDiskCache wraps s with a bounded cache of whole objects in the folder dir: every
@@ -35,7 +36,9 @@ func NewDiskCache(s Store, dir string, capBytes int64, log *slog.Logger) (Store,
 		return nil, fmt.Errorf("remote: disk cache: %w", err)
 	}
 	c := &diskCache{Store: s, dir: dir, capBytes: capBytes, log: log,
-		entries: make(map[string]*list.Element), fds: newFDCache(fdCacheSize)}
+		entries: make(map[string]*list.Element), fds: newFDCache(fdCacheSize),
+		filling: make(map[string]bool), fillSem: make(chan struct{}, fillers)}
+	c.bg, c.stop = context.WithCancel(context.Background())
 	if err := c.load(); err != nil {
 		return nil, fmt.Errorf("remote: disk cache: %w", err)
 	}
@@ -54,7 +57,23 @@ type diskCache struct {
 	entries map[string]*list.Element // object name -> *cacheEntry in lru
 	lru     list.List                // most recently used first
 	size    int64
+	filling map[string]bool // fills running; false once the object was deleted meanwhile
+
+	fillSem chan struct{}
+	bg      context.Context // fills run under it; Close cancels it and waits
+	stop    context.CancelFunc
+	wg      sync.WaitGroup
 }
+
+// A read of less than fillBelow bytes that misses also starts a background GET of the
+// whole object into the cache (at most fillers at a time, one per object): random reads
+// over a file then become local reads as its objects arrive, as with rclone's VFS
+// cache. Larger reads (the sequential prefetch's pieces) do not: they already move the
+// data in big pieces, and a fill would fetch it twice.
+const (
+	fillBelow = 256 << 10
+	fillers   = 2
+)
 
 type cacheEntry struct {
 	name string
@@ -127,6 +146,9 @@ func (c *diskCache) remove(es []cacheEntry) {
 // forget drops name's copy, if any.
 func (c *diskCache) forget(name string) {
 	c.mu.Lock()
+	if _, ok := c.filling[name]; ok {
+		c.filling[name] = false // the fill must not keep what it fetched
+	}
 	var drop []cacheEntry
 	if el, ok := c.entries[name]; ok {
 		e := el.Value.(*cacheEntry)
@@ -146,9 +168,16 @@ func (c *diskCache) Put(ctx context.Context, name string, data []byte) error {
 	if err := c.Store.Put(ctx, name, data); err != nil {
 		return err
 	}
+	c.keep(name, data, nil)
+	return nil
+}
+
+// keep writes a copy of data as object name and adds it to the cache, unless ok (called
+// under c.mu) says no any more.
+func (c *diskCache) keep(name string, data []byte, ok func() bool) {
 	size := int64(len(data))
 	if size > c.capBytes {
-		return nil
+		return
 	}
 	// Written without fsync and renamed into place: a crash may leave a short copy,
 	// which load drops by its size.
@@ -168,9 +197,14 @@ func (c *diskCache) Put(ctx context.Context, name string, data []byte) error {
 	}
 	if err != nil {
 		c.log.Warn("remote: could not keep a copy in the disk cache", "object", name, "err", err)
-		return nil
+		return
 	}
 	c.mu.Lock()
+	if ok != nil && !ok() {
+		c.mu.Unlock()
+		_ = os.Remove(p)
+		return
+	}
 	if el, ok := c.entries[name]; ok { // two Puts of one name (objects are written once)
 		c.size -= el.Value.(*cacheEntry).size
 		c.lru.Remove(el)
@@ -180,7 +214,6 @@ func (c *diskCache) Put(ctx context.Context, name string, data []byte) error {
 	drop := c.evictLocked()
 	c.mu.Unlock()
 	c.remove(drop)
-	return nil
 }
 
 func (c *diskCache) GetRange(ctx context.Context, name string, off, n int64) ([]byte, error) {
@@ -201,8 +234,46 @@ func (c *diskCache) GetRange(ctx context.Context, name string, off, n int64) ([]
 			c.log.Warn("remote: cannot read a copy in the disk cache; reading the remote", "object", name, "err", err)
 			c.forget(name)
 		}
+	} else if n >= 0 && n < fillBelow {
+		c.fill(name)
 	}
 	return c.Store.GetRange(ctx, name, off, n)
+}
+
+// fill fetches the whole object name into the cache in the background, unless a fill
+// of it runs already or fillers do.
+func (c *diskCache) fill(name string) {
+	c.mu.Lock()
+	if _, running := c.filling[name]; running || c.closed.Load() {
+		c.mu.Unlock()
+		return
+	}
+	select {
+	case c.fillSem <- struct{}{}:
+	default:
+		c.mu.Unlock()
+		return
+	}
+	c.filling[name] = true
+	c.wg.Add(1)
+	c.mu.Unlock()
+	go func() {
+		defer c.wg.Done()
+		defer func() {
+			c.mu.Lock()
+			delete(c.filling, name)
+			c.mu.Unlock()
+			<-c.fillSem
+		}()
+		ctx, cancel := context.WithTimeout(c.bg, time.Minute)
+		defer cancel()
+		data, err := c.Store.GetRange(ctx, name, 0, -1)
+		if err != nil {
+			c.log.Debug("remote: disk cache fill failed", "object", name, "err", err)
+			return
+		}
+		c.keep(name, data, func() bool { return c.filling[name] && !c.closed.Load() })
+	}()
 }
 
 // readCopy reads [off, off+n) of the cached copy of name. A range past its end is
@@ -238,7 +309,11 @@ func (c *diskCache) Delete(ctx context.Context, name string) error {
 }
 
 func (c *diskCache) Close(ctx context.Context) error {
-	c.closed.Store(true)
+	c.mu.Lock()
+	c.closed.Store(true) // under mu: no fill starts after it
+	c.mu.Unlock()
+	c.stop()
+	c.wg.Wait()
 	err := c.Store.Close(ctx)
 	c.fds.close()
 	return err

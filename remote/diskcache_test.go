@@ -83,20 +83,27 @@ func TestDiskCache(t *testing.T) {
 		}
 	}
 
-	// A fourth object evicts the least recently used (zero), which is then read from S3.
+	// A fourth object evicts the least recently used (zero). A small read of it then goes
+	// to S3, and starts a fill: a GET of the whole object into the cache, after which it
+	// is read locally again (the least recently used, one, makes room).
 	get(1, 0, 10)
 	get(2, 0, 10)
 	if err := dc.Put(ctx, names[3], obj(3)); err != nil {
 		t.Fatal(err)
 	}
-	if n := len(cachedFiles(t, dir)); n != 3 {
-		t.Errorf("%d copies after a fourth Put; want 3 (the size)", n)
+	if got := cachedFiles(t, dir); len(got) != 3 || hasCopy(got, names[0]) {
+		t.Errorf("copies after a fourth Put: %v; want 3, without zero's", got)
 	}
 	mc.reset()
 	get(0, 0, 100)
 	get(3, 0, 100)
-	if n := mc.count(http.MethodGet); n != 1 {
-		t.Errorf("reads of an evicted and a cached object sent %d GETs; want 1", n)
+	waitCopy(t, dir, names[0])
+	get(0, 5000, 100)
+	if n := mc.count(http.MethodGet); n != 2 {
+		t.Errorf("reads of an evicted object before and after its fill, and of a cached one, sent %d GETs; want 2 (the read, the fill)", n)
+	}
+	if got := cachedFiles(t, dir); len(got) != 3 || hasCopy(got, names[1]) {
+		t.Errorf("copies after the fill: %v; want 3, without one's", got)
 	}
 	// A range past the end fails as on the remote.
 	if _, err := dc.GetRange(ctx, names[3], size-5, 10); err == nil {
@@ -104,19 +111,19 @@ func TestDiskCache(t *testing.T) {
 	}
 
 	// Delete removes the copy and the object.
-	if err := dc.Delete(ctx, names[1]); err != nil {
+	if err := dc.Delete(ctx, names[2]); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := dc.GetRange(ctx, names[1], 0, 10); !errors.Is(err, remote.ErrNotFound) {
+	if _, err := dc.GetRange(ctx, names[2], 0, 10); !errors.Is(err, remote.ErrNotFound) {
 		t.Errorf("GetRange of a deleted object = %v; want ErrNotFound", err)
 	}
-	if n := len(cachedFiles(t, dir)); n != 2 {
-		t.Errorf("%d copies after a Delete; want 2", n)
+	if got := cachedFiles(t, dir); len(got) != 2 || hasCopy(got, names[2]) {
+		t.Errorf("copies after a Delete: %v; want 2, without two's", got)
 	}
 
 	// A reopen keeps the copies; one torn by a crash (short) is dropped, as is a
 	// temporary file left by an unfinished copy.
-	torn := filepath.Join(dir, strings.ReplaceAll(names[2], "/", "%")+".102400")
+	torn := filepath.Join(dir, strings.ReplaceAll(names[0], "/", "%")+".102400")
 	if err := os.Truncate(torn, 4096); err != nil {
 		t.Fatal(err)
 	}
@@ -127,18 +134,20 @@ func TestDiskCache(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := cachedFiles(t, dir); len(got) != 1 || !strings.HasPrefix(got[0], "c%ad%three.") {
+	defer dc2.Close(ctx)
+	if got := cachedFiles(t, dir); len(got) != 1 || !hasCopy(got, names[3]) {
 		t.Errorf("copies after a reopen: %v; want only three's", got)
 	}
 	mc.reset()
-	for _, i := range []int{3, 2} {
+	for _, i := range []int{3, 0} {
 		got, err := dc2.GetRange(ctx, names[i], 0, size)
 		if err != nil || !bytes.Equal(got, obj(i)) {
 			t.Fatalf("after reopen, GetRange(%s) = %d bytes, %v", names[i], len(got), err)
 		}
 	}
-	if n := mc.count(http.MethodGet); n != 1 {
-		t.Errorf("after a reopen, reads of a kept and a dropped copy sent %d GETs; want 1", n)
+	waitCopy(t, dir, names[0])
+	if n := mc.count(http.MethodGet); n != 2 {
+		t.Errorf("after a reopen, reads of a kept and a dropped copy sent %d GETs; want 2 (the read and the fill of the dropped one)", n)
 	}
 
 	// A copy that goes bad while cached (here: cut short) is dropped and S3 answers.
@@ -152,5 +161,26 @@ func TestDiskCache(t *testing.T) {
 	}
 	if _, err := os.Stat(kept); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("the damaged copy is still there: %v", err)
+	}
+}
+
+func hasCopy(files []string, name string) bool {
+	for _, f := range files {
+		if strings.HasPrefix(f, strings.ReplaceAll(name, "/", "%")+".") {
+			return true
+		}
+	}
+	return false
+}
+
+// waitCopy waits until the cache folder holds a copy of name (a fill finished).
+func waitCopy(t *testing.T, dir, name string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !hasCopy(cachedFiles(t, dir), name) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no copy of %s 10 s after a read that missed: %v", name, cachedFiles(t, dir))
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }

@@ -46,8 +46,8 @@ func TestDiskCacheReadsWithS3Down(t *testing.T) {
 	})
 	ents, err := os.ReadDir(filepath.Join(v.State, "objcache"))
 	must(t, "list the disk cache", err)
-	if len(ents) != 2 {
-		t.Errorf("the disk cache holds %d files; want the 2 objects of the file written with it on", len(ents))
+	if len(ents) < 2 { // the file written with it on; reads may have fetched more (fills)
+		t.Errorf("the disk cache holds %d files; want at least the 2 objects of the file written with it on", len(ents))
 	}
 	for _, e := range ents {
 		b, err := os.ReadFile(filepath.Join(v.State, "objcache", e.Name()))

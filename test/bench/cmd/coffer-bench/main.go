@@ -427,6 +427,7 @@ func run(ctx context.Context, c *config) error {
 		if err != nil {
 			return err
 		}
+		cf.diskCache = "4G" // against rclone's --vfs-cache-mode full: both keep data on disk
 		rc, err := newRclone(ctx, w, srv.endpoint())
 		if err != nil {
 			return err

@@ -205,7 +205,8 @@ func (r *report) markdown() string {
 		"alternate (A B A B ...). Cold rows unmount both daemons, drop the kernel's caches and mount again\n" +
 		"(coffer's block cache and rclone's VFS cache start empty). Speed ratio above 1 means coffer is\n" +
 		"faster. The machine's two cores were shared with other jobs: compare ratios within a run.\n" +
-		fmt.Sprintf("coffer runs with `--cache-size %s`, the default 16 KiB blocks in 4 MiB chunks, a SoftHSM2 token.\n", c.cacheSize) +
+		fmt.Sprintf("coffer runs with `--cache-size %s`, the default 16 KiB blocks in 4 MiB chunks, a SoftHSM2 token;\n", c.cacheSize) +
+		"over S3 also with `--disk-cache 4G`, emptied before every mount like rclone's VFS cache.\n" +
 		"Write rows time what the program sees: for coffer fsync returns once the data is on the remote;\n" +
 		"rclone's returns once it is in its local VFS cache (it uploads 5 s after close).\n\n")
 	for _, t := range r.tables {
