@@ -262,3 +262,25 @@ func TestPrefetchClaimsNeverWait(t *testing.T) {
 	mustEqual(t, e.read(f, 0, 48<<10), want, "after the write")
 	e.release(f)
 }
+
+// Stats (coffer status) does not wait behind a file whose key is being fetched from the
+// provider (keyMu is held across the HSM call, which may hang).
+func TestStatsDoesNotWaitForKeyFetch(t *testing.T) {
+	e := newEnv(t, "local", smallLayout, Options{})
+	f := e.openFile(e.createFile("f"))
+	e.write(f, 0, pattern(1, 0, 100))
+	f.keyMu.Lock() // a dekFor in the provider
+	done := make(chan Stats, 1)
+	go func() { done <- e.s.Stats() }()
+	select {
+	case st := <-done:
+		if st.CachedKeys < 1 {
+			t.Errorf("Stats with a key being fetched: CachedKeys = %d, want >= 1", st.CachedKeys)
+		}
+	case <-time.After(5 * time.Second):
+		f.keyMu.Unlock()
+		t.Fatal("Stats waited for a key fetch")
+	}
+	f.keyMu.Unlock()
+	e.release(f)
+}
