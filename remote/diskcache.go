@@ -40,6 +40,7 @@ func NewDiskCache(s Store, dir string, capBytes int64, log *slog.Logger) (Store,
 		filling: make(map[string]bool), fillSem: make(chan struct{}, fillers)}
 	c.bg, c.stop = context.WithCancel(context.Background())
 	if err := c.load(); err != nil {
+		c.stop()
 		return nil, fmt.Errorf("remote: disk cache: %w", err)
 	}
 	return c, nil
@@ -86,7 +87,7 @@ func (c *diskCache) file(name string, size int64) string {
 	return filepath.Join(c.dir, strings.ReplaceAll(name, "/", "%")+"."+strconv.FormatInt(size, 10))
 }
 
-// load adopts the copies a previous mount left, oldest first into the LRU.
+// load adopts the copies a previous mount left, the most recently written first in the LRU.
 func (c *diskCache) load() error {
 	ents, err := os.ReadDir(c.dir)
 	if err != nil {
@@ -122,16 +123,20 @@ func (c *diskCache) load() error {
 	return nil
 }
 
+// dropLocked takes the copy at el out of the cache's books; its file goes with remove.
+func (c *diskCache) dropLocked(el *list.Element) cacheEntry {
+	e := el.Value.(*cacheEntry)
+	c.lru.Remove(el)
+	delete(c.entries, e.name)
+	c.size -= e.size
+	return *e
+}
+
 // evictLocked takes the least recently used copies out until the cache fits.
 func (c *diskCache) evictLocked() []cacheEntry {
 	var drop []cacheEntry
 	for c.size > c.capBytes {
-		el := c.lru.Back()
-		e := el.Value.(*cacheEntry)
-		c.lru.Remove(el)
-		delete(c.entries, e.name)
-		c.size -= e.size
-		drop = append(drop, *e)
+		drop = append(drop, c.dropLocked(c.lru.Back()))
 	}
 	return drop
 }
@@ -151,11 +156,7 @@ func (c *diskCache) forget(name string) {
 	}
 	var drop []cacheEntry
 	if el, ok := c.entries[name]; ok {
-		e := el.Value.(*cacheEntry)
-		c.lru.Remove(el)
-		delete(c.entries, name)
-		c.size -= e.size
-		drop = append(drop, *e)
+		drop = append(drop, c.dropLocked(el))
 	}
 	c.mu.Unlock()
 	c.remove(drop)
@@ -205,13 +206,15 @@ func (c *diskCache) keep(name string, data []byte, ok func() bool) {
 		_ = os.Remove(p)
 		return
 	}
+	var drop []cacheEntry
 	if el, ok := c.entries[name]; ok { // two Puts of one name (objects are written once)
-		c.size -= el.Value.(*cacheEntry).size
-		c.lru.Remove(el)
+		if old := c.dropLocked(el); old.size != size {
+			drop = append(drop, old) // another file; one of the same size was just replaced
+		}
 	}
 	c.entries[name] = c.lru.PushFront(&cacheEntry{name, size})
 	c.size += size
-	drop := c.evictLocked()
+	drop = append(drop, c.evictLocked()...)
 	c.mu.Unlock()
 	c.remove(drop)
 }
