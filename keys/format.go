@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"strconv"
+
+	"coffer/crypto/format"
 )
 
 // Purpose labels. Each is the first length-prefixed field of the bytes it introduces, so the
@@ -18,15 +20,10 @@ const (
 )
 
 // AppendLP appends a length-prefixed field: a 4-byte big-endian length, then the bytes.
-func AppendLP(b, field []byte) []byte {
-	b = binary.BigEndian.AppendUint32(b, uint32(len(field)))
-	return append(b, field...)
-}
+// It is format.AppendLP, kept here for the callers of keys.
+func AppendLP(b, field []byte) []byte { return format.AppendLP(b, field) }
 
-func appendLPString(b []byte, s string) []byte {
-	b = binary.BigEndian.AppendUint32(b, uint32(len(s)))
-	return append(b, s...)
-}
+func appendLPString(b []byte, s string) []byte { return format.AppendLP(b, []byte(s)) }
 
 // WrapAAD is the associated data of a wrapped DEK:
 //

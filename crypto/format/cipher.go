@@ -104,13 +104,13 @@ func NewCipher(dek []byte, b Binding, l Layout) (*Cipher, error) {
 	}
 	c := &Cipher{layout: l, bind: b, header: marshalHeader(l, b.Object)}
 	t := c.aad[:0]
-	t = appendLP(t, []byte(labelBlockAAD))
-	t = appendLP(t, c.header[:])
-	t = appendLP(t, b.Volume[:])
-	t = appendLP(t, b.File[:])
-	t = appendLP(t, b.Object[:])
-	t = appendLP(t, make([]byte, 8))
-	t = appendLP(t, []byte{0})
+	t = AppendLP(t, []byte(labelBlockAAD))
+	t = AppendLP(t, c.header[:])
+	t = AppendLP(t, b.Volume[:])
+	t = AppendLP(t, b.File[:])
+	t = AppendLP(t, b.Object[:])
+	t = AppendLP(t, make([]byte, 8))
+	t = AppendLP(t, []byte{0})
 	if len(t) != aadSize {
 		panic("format: associated data template has the wrong size")
 	}

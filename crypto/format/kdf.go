@@ -20,9 +20,12 @@ const (
 	labelBlockAAD  = "coffer/v1 block"
 )
 
-// appendLP appends x with a 4-byte big-endian length prefix: every bound
-// field is length-prefixed so no two field lists encode to the same bytes.
-func appendLP(dst, x []byte) []byte {
+// AppendLP appends LP(x) to dst and returns the result: len(x) as a 4-byte
+// big-endian integer, then the bytes of x (FORMAT.md section 1). Every bound
+// field of an AAD, a KDF info or a MAC input is length-prefixed this way, so
+// no two different field lists encode to the same bytes. It is the one
+// implementation of LP: keys and fs/content call it too.
+func AppendLP(dst, x []byte) []byte {
 	dst = binary.BigEndian.AppendUint32(dst, uint32(len(x)))
 	return append(dst, x...)
 }
@@ -34,9 +37,9 @@ func kdfInfo(purpose string, fields [][]byte) []byte {
 		n += 4 + len(f)
 	}
 	info := make([]byte, 0, n)
-	info = appendLP(info, []byte(purpose))
+	info = AppendLP(info, []byte(purpose))
 	for _, f := range fields {
-		info = appendLP(info, f)
+		info = AppendLP(info, f)
 	}
 	return info
 }

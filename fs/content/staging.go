@@ -87,23 +87,18 @@ func (st *staging) unset(b int64)    { st.bits[b/64] &^= 1 << (b % 64) }
 
 func (st *staging) slotOff(b int64) int64 { return stagingHeaderSlot + b*st.slot }
 
-func appendLP(dst, x []byte) []byte {
-	dst = binary.BigEndian.AppendUint32(dst, uint32(len(x)))
-	return append(dst, x...)
-}
-
 func (st *staging) aad(label string, block int64) []byte {
 	var u [8]byte
 	a := make([]byte, 0, 4+len(label)+3*(4+format.IDSize)+2*12)
-	a = appendLP(a, []byte(label))
-	a = appendLP(a, st.vol[:])
-	a = appendLP(a, st.file[:])
-	a = appendLP(a, st.id[:])
+	a = format.AppendLP(a, []byte(label))
+	a = format.AppendLP(a, st.vol[:])
+	a = format.AppendLP(a, st.file[:])
+	a = format.AppendLP(a, st.id[:])
 	binary.BigEndian.PutUint64(u[:], uint64(st.chunk))
-	a = appendLP(a, u[:])
+	a = format.AppendLP(a, u[:])
 	if block >= 0 {
 		binary.BigEndian.PutUint64(u[:], uint64(block))
-		a = appendLP(a, u[:])
+		a = format.AppendLP(a, u[:])
 	}
 	return a
 }
