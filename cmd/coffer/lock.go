@@ -2,10 +2,11 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"time"
+
+	"coffer/fs/control"
 )
 
 func cmdLock(ctx context.Context, env *cliEnv, args []string) error {
@@ -17,7 +18,7 @@ func cmdLock(ctx context.Context, env *cliEnv, args []string) error {
 	if len(pos) != 1 {
 		return usageError{"want exactly one MOUNTPOINT"}
 	}
-	r, err := ctlCall(ctx, pos[0], "lock", 30*time.Second)
+	r, err := control.Call(ctx, pos[0], "lock", 30*time.Second)
 	if err != nil {
 		return err
 	}
@@ -37,20 +38,16 @@ func cmdUnlock(ctx context.Context, env *cliEnv, args []string) error {
 		return usageError{"want exactly one MOUNTPOINT"}
 	}
 	// Ask the daemon which secret it wants, then send it over the control socket.
-	r, err := ctlCall(ctx, pos[0], "status", 30*time.Second)
+	st, _, err := control.GetStatus(ctx, pos[0], 30*time.Second)
 	if err != nil {
 		return err
-	}
-	var st mountStatus
-	if err := json.Unmarshal(r.Status, &st); err != nil {
-		return fmt.Errorf("daemon status: %w", err)
 	}
 	secret, err := env.readSecret(volumeSecret(st.Provider, st.HSMToken, *pinFile, *passFile))
 	if err != nil {
 		return err
 	}
 	defer clear(secret)
-	if _, err := ctlCallSecret(ctx, pos[0], "unlock", secret, 2*time.Minute); err != nil {
+	if _, err := control.CallSecret(ctx, pos[0], "unlock", secret, 2*time.Minute); err != nil {
 		return err
 	}
 	fmt.Fprintf(env.stdout, "unlocked %s\n", pos[0])

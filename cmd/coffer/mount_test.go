@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"coffer/fs/control"
 )
 
 // passVolume makes a passphrase volume on a local-folder remote and returns its state dir,
@@ -248,15 +250,15 @@ func TestLockUnlock(t *testing.T) {
 // TestDeadSocketsSwept: a mount removes control sockets that nothing listens on any more
 // (left by a killed daemon), and leaves live ones alone.
 func TestDeadSocketsSwept(t *testing.T) {
-	os.MkdirAll(runtimeDir(), 0o700)
-	dead := filepath.Join(runtimeDir(), "dead-"+strconv.Itoa(os.Getpid())+".sock")
+	os.MkdirAll(control.RuntimeDir(), 0o700)
+	dead := filepath.Join(control.RuntimeDir(), "dead-"+strconv.Itoa(os.Getpid())+".sock")
 	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: dead, Net: "unix"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	ln.SetUnlinkOnClose(false)
 	ln.Close() // the file stays, nobody listens: a killed daemon's socket
-	live := filepath.Join(runtimeDir(), "live-"+strconv.Itoa(os.Getpid())+".sock")
+	live := filepath.Join(control.RuntimeDir(), "live-"+strconv.Itoa(os.Getpid())+".sock")
 	ln2, err := net.ListenUnix("unix", &net.UnixAddr{Name: live, Net: "unix"})
 	if err != nil {
 		t.Fatal(err)

@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"time"
 
+	"coffer/fs/control"
+
 	"coffer/fs/keyops"
 	"coffer/fs/meta"
 	"coffer/fs/volume"
@@ -217,7 +219,7 @@ func rotateSummary(res keyops.RotateResult, retire bool) string {
 // rotateLive asks the daemon serving mnt to rotate, showing its progress on a terminal.
 func rotateLive(ctx context.Context, env *cliEnv, mnt string, retire bool) error {
 	opt, pp := rotateOptions(env, "rotate")
-	r, err := ctlStream(ctx, mnt, ctlRequest{Op: "rotate", RetireOld: retire}, opt.Progress)
+	r, err := control.Stream(ctx, mnt, control.Request{Op: "rotate", RetireOld: retire}, opt.Progress)
 	if pp != nil {
 		pp.end()
 	}

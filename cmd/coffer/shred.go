@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 
+	"coffer/fs/control"
+
 	"coffer/fs/keyops"
 	"coffer/keys"
 )
@@ -65,7 +67,7 @@ func cmdShred(ctx context.Context, env *cliEnv, args []string) error {
 	if mnt, err := liveMountpoint(ctx, of.state); err != nil {
 		return err
 	} else if mnt != "" {
-		req := ctlRequest{Op: "shred", Paths: paths, Volume: *whole, Now: *now}
+		req := control.Request{Op: "shred", Paths: paths, Volume: *whole, Now: *now}
 		if *user != "" {
 			req.User = &uid
 		}
@@ -111,7 +113,7 @@ func cmdShred(ctx context.Context, env *cliEnv, args []string) error {
 	if err != nil {
 		return err
 	}
-	out := toShredReply(res)
+	out := control.NewShredReply(res)
 	if *now {
 		opt, pp := rotateOptions(env, "shred --now: re-wrap")
 		rres, err := keyops.ShredNow(ctx, v, opt)
@@ -130,7 +132,7 @@ func cmdShred(ctx context.Context, env *cliEnv, args []string) error {
 
 // shredLive asks the daemon serving mnt to shred, showing the progress of --now's rotation
 // on a terminal.
-func shredLive(ctx context.Context, env *cliEnv, mnt string, req ctlRequest) error {
+func shredLive(ctx context.Context, env *cliEnv, mnt string, req control.Request) error {
 	// A relative PATH that names something under the mountpoint from here (mnt/docs/a.txt,
 	// or a.txt in a shell inside the mount) means that file; any other is a volume path.
 	for i, p := range req.Paths {
@@ -142,12 +144,12 @@ func shredLive(ctx context.Context, env *cliEnv, mnt string, req ctlRequest) err
 		}
 	}
 	opt, pp := rotateOptions(env, "shred --now: re-wrap")
-	r, err := ctlStream(ctx, mnt, req, opt.Progress)
+	r, err := control.Stream(ctx, mnt, req, opt.Progress)
 	if pp != nil {
 		pp.end()
 	}
 	if len(r.Result) > 0 {
-		var out shredReply
+		var out control.ShredReply
 		if jerr := json.Unmarshal(r.Result, &out); jerr != nil {
 			return fmt.Errorf("the daemon's shred result: %w", jerr)
 		}
@@ -161,7 +163,7 @@ func shredLive(ctx context.Context, env *cliEnv, mnt string, req ctlRequest) err
 }
 
 // shredSummary is the one line a file or user shred prints (offline and live alike).
-func shredSummary(res shredReply, user bool, uid uint32) string {
+func shredSummary(res control.ShredReply, user bool, uid uint32) string {
 	var b strings.Builder
 	if user {
 		fmt.Fprintf(&b, "shredded uid %d: KEK chain %s destroyed (%s), %d files removed",

@@ -6,15 +6,14 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
-	"os"
 	"sort"
 	"time"
 
-	"coffer/fs/content"
+	"coffer/fs/control"
+
 	"coffer/fs/keyops"
 	"coffer/fs/meta"
 	"coffer/fs/volume"
-	"coffer/keys"
 )
 
 // openStateReadOnly opens the catalog of --state for reading, alongside a running daemon.
@@ -241,43 +240,8 @@ func orEmpty(s string) string {
 	return s
 }
 
-// mountStatus is what `coffer status MOUNTPOINT` shows: the daemon's live view.
-type mountStatus struct {
-	PID        int           `json:"pid"`
-	Mountpoint string        `json:"mountpoint"`
-	State      string        `json:"state_dir"`
-	Volume     string        `json:"volume"`
-	Remote     string        `json:"remote"`
-	Provider   string        `json:"provider"`
-	HSMToken   string        `json:"hsm_token,omitempty"`
-	KeyMode    string        `json:"key_mode"`
-	KEK        string        `json:"kek"`
-	Locked     bool          `json:"locked"`
-	ReadOnly   bool          `json:"read_only"`
-	Data       content.Stats `json:"data"`
-}
-
-func daemonStatus(v *volume.Volume, data *content.Store, mc mountConfig) mountStatus {
-	ctx := context.Background()
-	var token string
-	if mv, err := v.Catalog.Volume(ctx); err == nil {
-		token = mv.HSMToken
-	}
-	// From the catalog, not v.KEK: a live rotation moves that on another goroutine.
-	kek := "?"
-	if k, err := v.Catalog.CurrentKEK(ctx, ""); err == nil {
-		kek = keys.KEKRef{Chain: k.Chain, Version: k.Version}.String()
-	}
-	return mountStatus{
-		HSMToken: token,
-		PID:      os.Getpid(), Mountpoint: mc.mountpoint, State: mc.state, Volume: hex.EncodeToString(v.ID[:]),
-		Remote: v.Remote, Provider: v.Kind, KeyMode: string(v.KeyMode), KEK: kek,
-		ReadOnly: mc.readOnly, Locked: v.Locked(), Data: data.Stats(),
-	}
-}
-
 func printMountStatus(ctx context.Context, env *cliEnv, mountpoint string, asJSON bool) error {
-	r, err := ctlCall(ctx, mountpoint, "status", 30*time.Second)
+	r, err := control.Call(ctx, mountpoint, "status", 30*time.Second)
 	if err != nil {
 		return err
 	}

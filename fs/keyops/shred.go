@@ -27,20 +27,9 @@ type ShredOptions struct {
 	Logger     *slog.Logger
 	// Live is the mounted file system when the daemon shreds on a live mount (nil
 	// offline): it revokes the files before their key records go and drops the kernel's
-	// cached names after. The data path owns staging then (StagingDir is not touched).
+	// cached names after, and takes the new KEK versions after a user shred. The data path
+	// owns staging then (StagingDir is not touched).
 	Live LiveFS
-}
-
-// LiveFS is the mounted file system's part in a shred run by the daemon (fs.FS implements
-// it).
-type LiveFS interface {
-	// RevokeFiles is called before the key records of inos are destroyed: every descriptor
-	// still open on them must fail from then on, and the file system drops their keys,
-	// ciphers, staged writes and cached plaintext (its own and the kernel's pages).
-	RevokeFiles(ctx context.Context, inos []uint64) error
-	// FilesRemoved is called once the catalog no longer holds inos: the kernel forgets
-	// their names.
-	FilesRemoved(inos []uint64)
 }
 
 func (o *ShredOptions) defaults(v *volume.Volume) {
@@ -310,6 +299,9 @@ func deleteOne(ctx context.Context, cat *meta.Catalog, store remote.Store, d met
 // them, final once those versions are retired. Rerunning finishes an interrupted run.
 func ShredUser(ctx context.Context, v *volume.Volume, uid uint32, opt ShredOptions) (ShredResult, error) {
 	opt.defaults(v)
+	if opt.Live != nil {
+		defer opt.Live.KEKsChanged() // the user's chain is destroyed
+	}
 	res := ShredResult{OldVersions: map[keys.KEKRef]int{}}
 	if !v.PerUser {
 		return res, errors.New("this volume was not created with --kek-per-user: a user's files share the volume KEK; shred them by path")

@@ -1,4 +1,4 @@
-package fs
+package fusefront
 
 import "context"
 
@@ -20,6 +20,9 @@ type dataStore interface {
 	WipeKeys()
 	// Resume restarts uploads paused by a lock (after unlock).
 	Resume()
+	// ReloadKeyRecords makes every open file take its key record from the
+	// catalog again (after a live rotation re-wrapped them).
+	ReloadKeyRecords(ctx context.Context) (int, error)
 }
 
 // dataFile is one open file of the data path, shared by every handle on the

@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"log/slog"
@@ -19,7 +19,7 @@ const (
 )
 
 // startProfiling starts what the COFFER_DEBUG_*PROFILE variables ask for and returns the
-// function that writes the profiles; call it at the start of runDaemon and the returned
+// function that writes the profiles; call it at the start of Run and the returned
 // function when the daemon is done (`defer startProfiling(log)()`). Without the variables it
 // does nothing. A profile that cannot be written is logged, never fatal.
 func startProfiling(log *slog.Logger) (stop func()) {

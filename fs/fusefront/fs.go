@@ -1,4 +1,4 @@
-// Package fs is coffer's FUSE node layer: it answers every POSIX operation
+// Package fusefront is coffer's FUSE node layer: it answers every POSIX operation
 // the kernel sends from the SQLite catalog (coffer/fs/meta) and the data path
 // (coffer/fs/content), through go-fuse v2's fs package.
 //
@@ -42,16 +42,14 @@
 //     close(2) succeeds. Its names vanish at once (the kernel's cache too).
 //   - Not supported: O_TMPFILE (EOPNOTSUPP; programs fall back to a named
 //     temporary file), and byte-range locks are the kernel's local ones.
-package fs
+package fusefront
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -106,7 +104,8 @@ type FS struct {
 	root *Node
 
 	mu         sync.Mutex
-	srv        *fuse.Server
+	srv        *fuse.Server // nil once unmounted
+	served     *fuse.Server // what Wait waits for
 	mountpoint string
 
 	// open is the open-file table: per inode, the handles open on it. An
@@ -161,16 +160,16 @@ func (f *FS) Root() *Node { return f.root }
 // Mount reaps the inodes a previous run left with no links (unlinked while
 // open, then a crash), mounts the file system on mountpoint and returns once
 // the kernel has finished INIT, so the mount is usable when it returns. The
-// caller runs the data path's Recover before Mount, calls Wait on the
-// returned server, and Unmount to stop.
-func (f *FS) Mount(mountpoint string) (*fuse.Server, error) {
+// caller runs the data path's Recover before Mount, then Wait, and Unmount
+// to stop.
+func (f *FS) Mount(mountpoint string) error {
 	abs, err := filepath.Abs(mountpoint)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if !f.opt.ReadOnly {
 		if err := f.ReapOrphans(context.Background()); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	sec := f.opt.EntryTimeout
@@ -220,15 +219,26 @@ func (f *FS) Mount(mountpoint string) (*fuse.Server, error) {
 	}
 	srv, err := gofs.Mount(abs, f.root, opts)
 	if err != nil {
-		return nil, fmt.Errorf("fuse mount: %w", err)
+		return fmt.Errorf("fuse mount: %w", err)
 	}
 	f.mu.Lock()
-	f.srv, f.mountpoint = srv, abs
+	f.srv, f.served, f.mountpoint = srv, srv, abs
 	f.mu.Unlock()
 	if err := raiseReadAhead(abs); err != nil {
 		f.log.Debug("could not raise read_ahead_kb", "mountpoint", abs, "err", err)
 	}
-	return srv, nil
+	return nil
+}
+
+// Wait returns once the mount is gone (Unmount, fusermount3 -u, or the last
+// file of a detached mount closed) and every request has been answered.
+func (f *FS) Wait() {
+	f.mu.Lock()
+	srv := f.served
+	f.mu.Unlock()
+	if srv != nil {
+		srv.Wait()
+	}
 }
 
 // Unmount unmounts the file system. If it is busy (an open file or a working
@@ -260,88 +270,6 @@ func (f *FS) forgetServer() {
 	f.mu.Lock()
 	f.srv, f.mountpoint = nil, ""
 	f.mu.Unlock()
-}
-
-// ClearDeadMount clears what a killed daemon left on mountpoint: a mount
-// whose every access fails with ENOTCONN, which would make a new mount fail.
-// Anything else (a live mount, a plain directory, a missing path) is left for
-// the mount itself to report.
-func ClearDeadMount(mountpoint string) error {
-	_, err := os.Stat(mountpoint)
-	if !errors.Is(err, syscall.ENOTCONN) {
-		return nil
-	}
-	if err := Detach(mountpoint); err != nil {
-		return fmt.Errorf("clear dead mount on %s: %w", mountpoint, err)
-	}
-	return nil
-}
-
-// Detach unmounts lazily: umount2(MNT_DETACH) as root, else fusermount3 -u -z.
-func Detach(mp string) error {
-	if os.Geteuid() == 0 {
-		if err := syscall.Unmount(mp, syscall.MNT_DETACH); err == nil {
-			return nil
-		}
-	}
-	out, err := exec.Command("fusermount3", "-u", "-z", mp).CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("fusermount3 -u -z: %v: %s", err, strings.TrimSpace(string(out)))
-	}
-	return nil
-}
-
-// raiseReadAhead sets the mount's bdi read_ahead_kb (root only; best
-// effort). The device number comes from /proc/self/mountinfo, so the serving
-// process never touches its own mount.
-func raiseReadAhead(mp string) error {
-	fh, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return err
-	}
-	defer fh.Close()
-	dev := ""
-	sc := bufio.NewScanner(fh)
-	for sc.Scan() {
-		// 36 35 0:45 / /mnt rw,... - fuse.coffer coffer rw,...
-		fields := strings.Fields(sc.Text())
-		if len(fields) > 4 && unescapeMountinfo(fields[4]) == mp {
-			dev = fields[2] // the last matching line is the top mount
-		}
-	}
-	if dev == "" {
-		return fmt.Errorf("%s not in /proc/self/mountinfo", mp)
-	}
-	return os.WriteFile("/sys/class/bdi/"+dev+"/read_ahead_kb", []byte(fmt.Sprint(readAheadKB)), 0)
-}
-
-// unescapeMountinfo undoes the octal escapes (\040 for a space...) of
-// /proc/self/mountinfo paths.
-func unescapeMountinfo(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			var c byte
-			ok := true
-			for _, d := range s[i+1 : i+4] {
-				if d < '0' || d > '7' {
-					ok = false
-					break
-				}
-				c = c*8 + byte(d-'0')
-			}
-			if ok {
-				b.WriteByte(c)
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
 
 // ReapOrphans deletes every inode left with no links (its staged data, rows,

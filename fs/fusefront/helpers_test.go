@@ -1,4 +1,4 @@
-package fs
+package fusefront
 
 import (
 	"context"
@@ -118,7 +118,7 @@ func mountVolume(t *testing.T, v *volume.Volume, dir string, mc mountConfig) *mo
 	if err := os.Mkdir(m.dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := m.fs.Mount(m.dir); err != nil {
+	if err := m.fs.Mount(m.dir); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {

@@ -1,4 +1,4 @@
-package fs
+package fusefront
 
 import (
 	"context"
@@ -388,9 +388,16 @@ func checkCurrentKEK(t *meta.Tx, kek keys.KEKRef) error {
 	return err
 }
 
-// KEKsChanged drops every cached current KEK version: the daemon calls it
-// after a rotation, a retirement or a user shred on the live mount, so the
-// next create reads the new ones from the catalog at once.
+// ReloadKeyRecords makes every open file take its re-wrapped key record
+// (keyops.RotateMounted calls it before older KEK versions are retired).
+func (f *FS) ReloadKeyRecords(ctx context.Context) error {
+	_, err := f.data.ReloadKeyRecords(ctx)
+	return err
+}
+
+// KEKsChanged drops every cached current KEK version: keyops calls it after
+// a rotation, a retirement or a user shred on the live mount, so the next
+// create reads the new ones from the catalog at once.
 func (f *FS) KEKsChanged() {
 	f.kekMu.Lock()
 	defer f.kekMu.Unlock()
