@@ -21,8 +21,11 @@
 // an on-the-fly one). A string that passes CheckRemote is safe to store in
 // the catalog; Redact is the belt and braces for display.
 //
-// Only the local, s3 and sftp backends are linked in (see NOTES-rclone.md for
-// the build-size reasons); rclone also registers crypt as a side effect.
+// Only the local, s3 and sftp backends are linked in (rclone also registers
+// crypt as a side effect): with rclone's backend/all a cold build took about
+// 4x longer (272 s against 61-70 s on 2 cores) and the binary grew from 39 MB
+// to 107 MB. Any other backend type fails at Open with rclone's "didn't find
+// backend called ...". rclone has no stable Go API, hence the exact pin.
 //
 // # Objects
 //

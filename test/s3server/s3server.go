@@ -13,8 +13,9 @@
 //
 // Each top-level folder of Server.Dir is a bucket; a bucket that does not
 // exist yet is created by the first upload into it. Access is anonymous, so
-// the connection string carries no credentials (rclone's serve s3 refused
-// every key pair when started in-process, see NOTES-rclone.md). The server
+// the connection string carries no credentials (rclone v1.76.0's serve s3,
+// given auth_key, answered every request with InvalidAccessKeyId when started
+// in-process through rc's serve/start, and also under "rclone rcd"). The server
 // lives in the test process; a coffer subprocess started by the test can
 // reach it over loopback like any S3 endpoint.
 //
