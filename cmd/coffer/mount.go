@@ -17,6 +17,7 @@ import (
 
 	"coffer/fs/control"
 	"coffer/fs/daemon"
+	"coffer/fs/volume"
 )
 
 // Fds a daemon child inherits from `coffer mount` (after stdin, stdout, stderr).
@@ -76,7 +77,7 @@ func cmdMount(ctx context.Context, env *cliEnv, args []string) error {
 		return err
 	}
 	if mc.StagingDir == "" {
-		mc.StagingDir = filepath.Join(mc.State, "staging")
+		mc.StagingDir = volume.StagingDir(mc.State)
 	} else if mc.StagingDir, err = filepath.Abs(mc.StagingDir); err != nil {
 		return err
 	}
@@ -124,7 +125,7 @@ func spawnDaemon(env *cliEnv, mc mountConfig, args []string, secret []byte) erro
 	if err != nil {
 		return err
 	}
-	logPath := filepath.Join(mc.State, "daemon.log")
+	logPath := volume.DaemonLog(mc.State)
 	logf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
 	if err != nil {
 		return fmt.Errorf("open daemon log: %w", err)

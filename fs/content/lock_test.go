@@ -17,7 +17,7 @@ import (
 	"coffer/keys"
 )
 
-// lock is what fs.FS.Lock does below FUSE: keyring first, then the data path.
+// lock is what fusefront.FS.Lock does below FUSE: keyring first, then the data path.
 func (e *env) lock() {
 	e.t.Helper()
 	if err := e.v.Lock(); err != nil {

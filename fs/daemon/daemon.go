@@ -13,7 +13,6 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"runtime/debug"
 	"strconv"
 	"sync"
@@ -100,7 +99,7 @@ func Run(parent context.Context, mc Config, secret []byte, ready func(error)) (e
 		}
 		log.Info("keys wiped", "volume", hex.EncodeToString(v.ID[:]))
 	}
-	if objcache := filepath.Join(mc.State, "objcache"); mc.DiskCache > 0 {
+	if objcache := volume.DiskCacheDir(mc.State); mc.DiskCache > 0 {
 		dc, err := remote.NewDiskCache(v.Store, objcache, mc.DiskCache, log)
 		if err != nil {
 			closeVolume()

@@ -37,7 +37,7 @@ func (o *ShredOptions) defaults(v *volume.Volume) {
 		o.Actor = "shred"
 	}
 	if o.StagingDir == "" {
-		o.StagingDir = filepath.Join(v.StateDir, "staging")
+		o.StagingDir = volume.StagingDir(v.StateDir)
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()

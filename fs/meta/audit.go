@@ -10,6 +10,8 @@ import (
 	"errors"
 	"fmt"
 	"syscall"
+
+	"coffer/crypto/format"
 )
 
 // auditDomain separates audit hashes from any other SHA-256 use.
@@ -34,11 +36,11 @@ func auditHash(prev []byte, seq, timeNs int64, event, actor, detail string) []by
 	h.Write(b[:])
 	binary.BigEndian.PutUint64(b[:], uint64(timeNs))
 	h.Write(b[:])
+	var lp []byte
 	for _, s := range []string{event, actor, detail} {
-		binary.BigEndian.PutUint32(b[:4], uint32(len(s)))
-		h.Write(b[:4])
-		h.Write([]byte(s))
+		lp = format.AppendLP(lp, []byte(s))
 	}
+	h.Write(lp)
 	return h.Sum(nil)
 }
 

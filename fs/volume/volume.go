@@ -116,7 +116,7 @@ func Create(ctx context.Context, cfg Config) (sum Summary, err error) {
 	if err != nil {
 		return sum, fmt.Errorf("state directory: %w", err)
 	}
-	if _, err := os.Lstat(filepath.Join(stateDir, meta.FileName)); err == nil {
+	if _, err := os.Lstat(CatalogFile(stateDir)); err == nil {
 		return sum, fmt.Errorf("state directory %s already holds a volume (%s); choose another --state", stateDir, meta.FileName)
 	}
 
@@ -273,8 +273,9 @@ func removeIfCreated(dir string) func() {
 }
 
 // SelfTest makes a throwaway file key under ref and opens it again, so that a volume whose
-// key path does not round-trip is never created (DESIGN: "init checks that an unwrap of a
-// fresh wrap succeeds before it writes anything").
+// key path does not round-trip is never created: init checks that an unwrap of a fresh
+// wrap (or a second derivation) succeeds before it writes anything (ARCHITECTURE.md,
+// "coffer init").
 func SelfTest(ctx context.Context, p keys.Provider, mode keys.Mode, ref keys.KEKRef, volume [16]byte) error {
 	id := keys.FileIdentity{Volume: volume}
 	if _, err := rand.Read(id.File[:]); err != nil {
@@ -473,7 +474,7 @@ func openProvider(ctx context.Context, cat *meta.Catalog, mv meta.Volume, secret
 // provider wiped (HSM sessions closed, passphrase keys zeroed). Until Unlock every key
 // operation fails with keys.ErrLocked; the catalog and the store stay open, so metadata
 // keeps working. The data path holds its own copies of file keys: content.Store.WipeKeys
-// wipes them (fs.FS.Lock does both). The volume is locked even if Lock returns an error (an
+// wipes them (fusefront.FS.Lock does both). The volume is locked even if Lock returns an error (an
 // HSM that did not close its sessions in time).
 func (v *Volume) Lock() error {
 	if err := v.Keys.Lock(); err != nil {

@@ -25,7 +25,7 @@ import (
 )
 
 // Key operations on a live mount: coffer rotate and coffer shred find the daemon serving
-// --state and have it do the work (cmd/coffer/live.go).
+// --state and have it do the work (fs/daemon/keyops.go).
 
 // catalog opens the volume's catalog read-only, alongside the daemon.
 func (v *Volume) catalog(t *testing.T) *meta.Catalog {

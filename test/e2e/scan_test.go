@@ -254,7 +254,7 @@ func (v *Volume) scanLeaks() {
 }
 
 // isCatalogFile reports whether a state-folder path is the SQLite catalog or one of its
-// companion files: by design (DESIGN.md threat model 3) it may hold names in plaintext.
+// companion files: by design (SECURITY.md: the encryption host is trusted while it runs) it may hold names in plaintext.
 func isCatalogFile(rel string) bool {
 	base := filepath.Base(rel)
 	for _, suf := range []string{"", "-wal", "-shm", "-journal"} {
