@@ -97,7 +97,7 @@ func (l *lcVol) populate(t *testing.T, prefix string, n int, uid uint32, data []
 				t.Fatal(err)
 			}
 			dek.Wipe()
-			recs[i] = meta.KeyRecord{Mode: string(rec.Mode), Chain: rec.KEK.Chain, Version: rec.KEK.Version, IV: rec.IV, Wrapped: rec.Wrapped, Salt: rec.Salt}
+			recs[i] = volume.CatalogRecord(rec)
 		}
 		now := time.Now().UnixNano()
 		err := v.Catalog.Update(ctx, func(tx *meta.Tx) error {

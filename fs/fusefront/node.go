@@ -13,6 +13,7 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 
 	"coffer/fs/meta"
+	"coffer/fs/volume"
 	"coffer/keys"
 )
 
@@ -316,16 +317,6 @@ func newAttr(t *meta.Tx, parent uint64, mode, uid, gid uint32) (meta.Inode, erro
 	return meta.Inode{Mode: mode, UID: uid, GID: gid, Ctime: nowNs()}, nil
 }
 
-func toMetaKey(r keys.Record) meta.KeyRecord {
-	return meta.KeyRecord{Mode: string(r.Mode), Chain: r.KEK.Chain, Version: r.KEK.Version,
-		IV: r.IV, Wrapped: r.Wrapped, Salt: r.Salt}
-}
-
-func fromMetaKey(k meta.KeyRecord) keys.Record {
-	return keys.Record{Mode: keys.Mode(k.Mode), KEK: keys.KEKRef{Chain: k.Chain, Version: k.Version},
-		IV: k.IV, Wrapped: k.Wrapped, Salt: k.Salt}
-}
-
 // createFile makes a regular file with a fresh key: the key is made (and
 // wrapped in the HSM) before the catalog transaction, so the write lock is
 // never held across an HSM call. The transaction checks that the KEK
@@ -350,7 +341,7 @@ func (f *FS) createFile(ctx context.Context, parent uint64, name string, mode ui
 			return meta.Inode{}, err
 		}
 		dek.Wipe() // the keyring caches its own copy for the first open
-		kr := toMetaKey(rec)
+		kr := volume.CatalogRecord(rec)
 		var in meta.Inode
 		err = f.cat.Update(ctx, func(t *meta.Tx) error {
 			if err := checkCurrentKEK(t, kek); err != nil {
@@ -940,7 +931,7 @@ func (f *FS) rekeyForOwner(ctx context.Context, in *meta.Inode) error {
 		if err != nil {
 			return err
 		}
-		nrec, err := f.vol.Keys.Rewrap(ctx, fromMetaKey(old), in.FileID, to)
+		nrec, err := f.vol.Keys.Rewrap(ctx, volume.RecordOf(old), in.FileID, to)
 		if err != nil {
 			return err
 		}
@@ -948,7 +939,7 @@ func (f *FS) rekeyForOwner(ctx context.Context, in *meta.Inode) error {
 			if err := checkCurrentKEK(t, to); err != nil {
 				return err
 			}
-			_, err := t.SwapKey(in.Ino, old, toMetaKey(nrec))
+			_, err := t.SwapKey(in.Ino, old, volume.CatalogRecord(nrec))
 			return err
 		})
 		if errors.Is(err, errKEKMoved) && attempt < 3 {

@@ -155,7 +155,7 @@ func (e *tvol) addFiles(prefix string, n int, uid uint32) []uint64 {
 				e.t.Fatal(err)
 			}
 			dek.Wipe()
-			fs[i].rec = toMeta(rec)
+			fs[i].rec = volume.CatalogRecord(rec)
 		}
 		now := time.Now().UnixNano()
 		err := e.v.Catalog.Update(ctx, func(t *meta.Tx) error {
@@ -338,10 +338,17 @@ func (e *tvol) dekOf(ino uint64) []byte {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	d, err := keys.OpenFileKey(ctx, e.v.Provider, toKeys(k), keys.FileIdentity{Volume: e.v.ID, File: in.FileID})
+	d, err := keys.OpenFileKey(ctx, e.v.Provider, volume.RecordOf(k), keys.FileIdentity{Volume: e.v.ID, File: in.FileID})
 	if err != nil {
 		e.t.Fatalf("open key of inode %d: %v", ino, err)
 	}
 	defer d.Wipe()
 	return bytes.Clone(d.Bytes())
+}
+
+func chainName(c string) string {
+	if c == "" {
+		return "volume"
+	}
+	return c
 }

@@ -37,6 +37,19 @@ type RotateOptions struct {
 	hook hookFunc // tests: fail at a named step, as a kill there would
 }
 
+// hookFunc lets tests stop an operation at a named step, as a kill there would.
+type hookFunc func(step string) error
+
+func (h hookFunc) at(step string) error {
+	if h == nil {
+		return nil
+	}
+	if err := h(step); err != nil {
+		return fmt.Errorf("stopped at %s: %w", step, err)
+	}
+	return nil
+}
+
 // Progress is reported while key records are re-wrapped (wrap mode) or chunks re-encrypted
 // (derive mode).
 type Progress struct {
@@ -498,13 +511,13 @@ func (r *rewrapper) rewrapBatch(ctx context.Context, rows []meta.InoKey, to keys
 				var err error
 				if r.v.Keys != nil {
 					// Through the keyring: a DEK it has cached (a live mount) stays a hit.
-					nrec, err = r.v.Keys.Rewrap(ctx, toKeys(row.Key), row.FileID, to)
+					nrec, err = r.v.Keys.Rewrap(ctx, volume.RecordOf(row.Key), row.FileID, to)
 				} else {
 					id := keys.FileIdentity{Volume: r.v.ID, File: row.FileID}
-					nrec, err = keys.Rewrap(ctx, r.v.Provider, toKeys(row.Key), id, to)
+					nrec, err = keys.Rewrap(ctx, r.v.Provider, volume.RecordOf(row.Key), id, to)
 				}
 				if err == nil {
-					b.recs[i] = toMeta(nrec)
+					b.recs[i] = volume.CatalogRecord(nrec)
 					continue
 				}
 				mu.Lock()
@@ -563,6 +576,10 @@ func (r *rewrapper) commit(ctx context.Context, b *rewrapBatch, swapped *int64) 
 	}
 	return r.opt.hook.at("batch")
 }
+
+// ErrRetireBusy is returned when an old KEK version still has key records (or, in derive
+// mode, chunks) that use it.
+var ErrRetireBusy = errors.New("KEK version still in use")
 
 // Retire destroys every old KEK version (state "old") once no key record uses it: first in
 // the catalog (marked destroyed, audited, material erased), then in the provider. It refuses
