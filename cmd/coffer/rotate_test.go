@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"coffer/fs/content"
+	"coffer/fs/keyops"
 	"coffer/fs/meta"
 	"coffer/fs/volume"
 	"coffer/keys"
@@ -76,11 +78,7 @@ func (l *lcVol) populate(t *testing.T, prefix string, n int, uid uint32, data []
 			kek = keys.KEKRef{Chain: chain, Version: cur.Version}
 		} else {
 			kek = keys.KEKRef{Chain: chain, Version: 1}
-			m, err := v.Provider.CreateKEK(ctx, kek)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if _, err := v.Catalog.AddKEKVersion(ctx, meta.KEK{Chain: chain, Version: 1, Material: m, Created: time.Now().UnixNano()}, "test"); err != nil {
+			if err := keyops.CreateKEKVersion(ctx, v, kek, "test", slog.Default()); err != nil {
 				t.Fatal(err)
 			}
 		}

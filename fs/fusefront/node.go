@@ -12,6 +12,7 @@ import (
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 
+	"coffer/fs/keyops"
 	"coffer/fs/meta"
 	"coffer/fs/volume"
 	"coffer/keys"
@@ -896,15 +897,7 @@ func (f *FS) kekFor(ctx context.Context, uid uint32) (keys.KEKRef, error) {
 			ref.Version = k.Version + 1
 		}
 	}
-	material, err := f.vol.Provider.CreateKEK(ctx, ref)
-	if err != nil {
-		return keys.KEKRef{}, err
-	}
-	if _, err := f.cat.AddKEKVersion(ctx, meta.KEK{Chain: chain, Version: ref.Version, Material: material, Created: nowNs()},
-		"uid:"+strconv.FormatUint(uint64(uid), 10)); err != nil {
-		if derr := f.vol.Provider.DestroyKEK(ctx, ref); derr != nil {
-			f.log.Error("could not destroy a user KEK that was not recorded", "kek", ref.String(), "err", derr)
-		}
+	if err := keyops.CreateKEKVersion(ctx, f.vol, ref, "uid:"+strconv.FormatUint(uint64(uid), 10), f.log); err != nil {
 		return keys.KEKRef{}, err
 	}
 	f.log.Info("created a per-user KEK", "kek", ref.String())

@@ -125,11 +125,7 @@ func (e *tvol) kekFor(uid uint32) keys.KEKRef {
 		e.t.Fatal(err)
 	}
 	ref := keys.KEKRef{Chain: chain, Version: 1}
-	m, err := e.v.Provider.CreateKEK(ctx, ref)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	if _, err := e.v.Catalog.AddKEKVersion(ctx, meta.KEK{Chain: chain, Version: 1, Material: m, Created: time.Now().UnixNano()}, "test"); err != nil {
+	if err := CreateKEKVersion(ctx, e.v, ref, "test", quiet); err != nil {
 		e.t.Fatal(err)
 	}
 	return ref

@@ -349,26 +349,15 @@ func rotationPlan(ctx context.Context, v *volume.Volume, opt RotateOptions) (rot
 	return plan, false, nil
 }
 
-// createVersion makes planned version ref in the provider and records it as current. A
-// planned version the catalog does not hold was never used (records are swapped only after
-// it is recorded), so leftovers of an interrupted creation are destroyed and it is made anew.
+// createVersion makes planned version ref (createKEKVersion) and logs it. A planned version
+// the catalog does not hold was never used (records are swapped only after it is recorded),
+// so leftovers of an interrupted creation are destroyed first and it is made anew.
 func createVersion(ctx context.Context, v *volume.Volume, ref keys.KEKRef, opt RotateOptions) error {
 	if err := v.Provider.DestroyKEK(ctx, ref); err != nil && !errors.Is(err, keys.ErrKEKMissing) {
 		return fmt.Errorf("rotate: clear the unrecorded KEK %s left by an interrupted rotation: %w", ref, err)
 	}
-	material, err := v.Provider.CreateKEK(ctx, ref)
-	if err != nil {
-		return fmt.Errorf("rotate: create KEK %s: %w", ref, err)
-	}
-	if err := opt.hook.at("kek-created"); err != nil {
-		return err
-	}
-	if _, err := v.Catalog.AddKEKVersion(ctx, meta.KEK{Chain: ref.Chain, Version: ref.Version, Material: material,
-		Created: time.Now().UnixNano()}, opt.Actor); err != nil {
-		return fmt.Errorf("rotate: record KEK %s: %w", ref, err)
-	}
-	if ref.Chain == "" {
-		v.KEK = ref
+	if err := createKEKVersion(ctx, v, ref, opt.Actor, opt.Logger, opt.hook); err != nil {
+		return fmt.Errorf("rotate: %w", err)
 	}
 	opt.Logger.Info("rotate: new KEK version is current", "kek", ref.String())
 	return nil
