@@ -9,12 +9,12 @@ import (
 	"errors"
 	"syscall"
 
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
 	"coffer/fs/meta"
 	"coffer/fs/volume"
 	"coffer/keys"
-
-	gofs "github.com/hanwen/go-fuse/v2/fs"
-	"github.com/hanwen/go-fuse/v2/fuse"
 )
 
 // checkName refuses a name the catalog would refuse, before any key work.

@@ -6,9 +6,9 @@ import (
 	"context"
 	"syscall"
 
-	"coffer/fs/meta"
-
 	gofs "github.com/hanwen/go-fuse/v2/fs"
+
+	"coffer/fs/meta"
 )
 
 func (n *Node) Unlink(ctx context.Context, name string) syscall.Errno {

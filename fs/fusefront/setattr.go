@@ -7,11 +7,11 @@ import (
 	"math"
 	"syscall"
 
-	"coffer/fs/meta"
-	"coffer/keys"
-
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"coffer/fs/meta"
+	"coffer/keys"
 )
 
 // killPriv is what clearing suid/sgid does to a mode: suid goes; sgid goes
