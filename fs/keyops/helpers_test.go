@@ -342,6 +342,7 @@ func (e *tvol) dekOf(ino uint64) []byte {
 	return bytes.Clone(d.Bytes())
 }
 
+// chainName is how tests write a chain: "volume" for the volume's.
 func chainName(c string) string {
 	if c == "" {
 		return "volume"
