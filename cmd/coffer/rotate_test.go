@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"coffer/fs/content"
+	"coffer/fs/keyops"
 	"coffer/fs/meta"
 	"coffer/fs/volume"
 	"coffer/keys"
@@ -76,11 +78,7 @@ func (l *lcVol) populate(t *testing.T, prefix string, n int, uid uint32, data []
 			kek = keys.KEKRef{Chain: chain, Version: cur.Version}
 		} else {
 			kek = keys.KEKRef{Chain: chain, Version: 1}
-			m, err := v.Provider.CreateKEK(ctx, kek)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if _, err := v.Catalog.AddKEKVersion(ctx, meta.KEK{Chain: chain, Version: 1, Material: m, Created: time.Now().UnixNano()}, "test"); err != nil {
+			if err := keyops.CreateKEKVersion(ctx, v, kek, "test", slog.Default()); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -97,7 +95,7 @@ func (l *lcVol) populate(t *testing.T, prefix string, n int, uid uint32, data []
 				t.Fatal(err)
 			}
 			dek.Wipe()
-			recs[i] = meta.KeyRecord{Mode: string(rec.Mode), Chain: rec.KEK.Chain, Version: rec.KEK.Version, IV: rec.IV, Wrapped: rec.Wrapped, Salt: rec.Salt}
+			recs[i] = volume.CatalogRecord(rec)
 		}
 		now := time.Now().UnixNano()
 		err := v.Catalog.Update(ctx, func(tx *meta.Tx) error {

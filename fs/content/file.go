@@ -12,6 +12,7 @@ import (
 
 	"coffer/crypto/format"
 	"coffer/fs/meta"
+	"coffer/fs/volume"
 	"coffer/keys"
 )
 
@@ -115,8 +116,7 @@ func (f *File) load(ctx context.Context) error {
 		return ioErr(ctx, err, "open inode %d: key record", f.ino)
 	}
 	f.id = format.ID(in.FileID)
-	f.rec = keys.Record{Mode: keys.Mode(kr.Mode), KEK: keys.KEKRef{Chain: kr.Chain, Version: kr.Version},
-		IV: kr.IV, Wrapped: kr.Wrapped, Salt: kr.Salt}
+	f.rec = volume.RecordOf(kr)
 	kgen := f.keyGen.Load()
 	dek, err := s.keys.FileKey(ctx, f.rec, f.id)
 	if err != nil {

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"coffer/fs/meta"
+	"coffer/fs/volume"
 	"coffer/keys"
 )
 
@@ -40,7 +41,7 @@ func BenchmarkRotation(b *testing.B) {
 		start := time.Now()
 		striped(b, workers, len(rows), func(i int) error {
 			id := keys.FileIdentity{Volume: e.v.ID, File: rows[i].FileID}
-			_, err := keys.Rewrap(ctx, e.v.Provider, toKeys(rows[i].Key), id, scratch)
+			_, err := keys.Rewrap(ctx, e.v.Provider, volume.RecordOf(rows[i].Key), id, scratch)
 			return err
 		})
 		return float64(len(rows)) / time.Since(start).Seconds()

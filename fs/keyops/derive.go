@@ -340,7 +340,7 @@ func (r *reencryptor) batch(ctx context.Context, to keys.KEKRef, rows []meta.Rek
 // copyChunk derives the chunk's old and new DEKs (same salt, two versions) and copies it.
 func (r *reencryptor) copyChunk(ctx context.Context, to keys.KEKRef, row meta.RekeyChunk, id format.ID) error {
 	v := r.v
-	rec := toKeys(row.Key)
+	rec := volume.RecordOf(row.Key)
 	fid := keys.FileIdentity{Volume: v.ID, File: row.FileID}
 	oldRec, newRec := rec, rec
 	if row.Chunk.KeyVersion != 0 { // 0: sealed under the record's version (not moved yet)

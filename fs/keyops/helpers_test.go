@@ -125,11 +125,7 @@ func (e *tvol) kekFor(uid uint32) keys.KEKRef {
 		e.t.Fatal(err)
 	}
 	ref := keys.KEKRef{Chain: chain, Version: 1}
-	m, err := e.v.Provider.CreateKEK(ctx, ref)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	if _, err := e.v.Catalog.AddKEKVersion(ctx, meta.KEK{Chain: chain, Version: 1, Material: m, Created: time.Now().UnixNano()}, "test"); err != nil {
+	if err := CreateKEKVersion(ctx, e.v, ref, "test", quiet); err != nil {
 		e.t.Fatal(err)
 	}
 	return ref
@@ -155,7 +151,7 @@ func (e *tvol) addFiles(prefix string, n int, uid uint32) []uint64 {
 				e.t.Fatal(err)
 			}
 			dek.Wipe()
-			fs[i].rec = toMeta(rec)
+			fs[i].rec = volume.CatalogRecord(rec)
 		}
 		now := time.Now().UnixNano()
 		err := e.v.Catalog.Update(ctx, func(t *meta.Tx) error {
@@ -338,10 +334,18 @@ func (e *tvol) dekOf(ino uint64) []byte {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	d, err := keys.OpenFileKey(ctx, e.v.Provider, toKeys(k), keys.FileIdentity{Volume: e.v.ID, File: in.FileID})
+	d, err := keys.OpenFileKey(ctx, e.v.Provider, volume.RecordOf(k), keys.FileIdentity{Volume: e.v.ID, File: in.FileID})
 	if err != nil {
 		e.t.Fatalf("open key of inode %d: %v", ino, err)
 	}
 	defer d.Wipe()
 	return bytes.Clone(d.Bytes())
+}
+
+// chainName is how tests write a chain: "volume" for the volume's.
+func chainName(c string) string {
+	if c == "" {
+		return "volume"
+	}
+	return c
 }

@@ -37,6 +37,19 @@ type RotateOptions struct {
 	hook hookFunc // tests: fail at a named step, as a kill there would
 }
 
+// hookFunc lets tests stop an operation at a named step, as a kill there would.
+type hookFunc func(step string) error
+
+func (h hookFunc) at(step string) error {
+	if h == nil {
+		return nil
+	}
+	if err := h(step); err != nil {
+		return fmt.Errorf("stopped at %s: %w", step, err)
+	}
+	return nil
+}
+
 // Progress is reported while key records are re-wrapped (wrap mode) or chunks re-encrypted
 // (derive mode).
 type Progress struct {
@@ -336,26 +349,15 @@ func rotationPlan(ctx context.Context, v *volume.Volume, opt RotateOptions) (rot
 	return plan, false, nil
 }
 
-// createVersion makes planned version ref in the provider and records it as current. A
-// planned version the catalog does not hold was never used (records are swapped only after
-// it is recorded), so leftovers of an interrupted creation are destroyed and it is made anew.
+// createVersion makes planned version ref (createKEKVersion) and logs it. A planned version
+// the catalog does not hold was never used (records are swapped only after it is recorded),
+// so leftovers of an interrupted creation are destroyed first and it is made anew.
 func createVersion(ctx context.Context, v *volume.Volume, ref keys.KEKRef, opt RotateOptions) error {
 	if err := v.Provider.DestroyKEK(ctx, ref); err != nil && !errors.Is(err, keys.ErrKEKMissing) {
 		return fmt.Errorf("rotate: clear the unrecorded KEK %s left by an interrupted rotation: %w", ref, err)
 	}
-	material, err := v.Provider.CreateKEK(ctx, ref)
-	if err != nil {
-		return fmt.Errorf("rotate: create KEK %s: %w", ref, err)
-	}
-	if err := opt.hook.at("kek-created"); err != nil {
-		return err
-	}
-	if _, err := v.Catalog.AddKEKVersion(ctx, meta.KEK{Chain: ref.Chain, Version: ref.Version, Material: material,
-		Created: time.Now().UnixNano()}, opt.Actor); err != nil {
-		return fmt.Errorf("rotate: record KEK %s: %w", ref, err)
-	}
-	if ref.Chain == "" {
-		v.KEK = ref
+	if err := createKEKVersion(ctx, v, ref, opt.Actor, opt.Logger, opt.hook); err != nil {
+		return fmt.Errorf("rotate: %w", err)
 	}
 	opt.Logger.Info("rotate: new KEK version is current", "kek", ref.String())
 	return nil
@@ -498,13 +500,13 @@ func (r *rewrapper) rewrapBatch(ctx context.Context, rows []meta.InoKey, to keys
 				var err error
 				if r.v.Keys != nil {
 					// Through the keyring: a DEK it has cached (a live mount) stays a hit.
-					nrec, err = r.v.Keys.Rewrap(ctx, toKeys(row.Key), row.FileID, to)
+					nrec, err = r.v.Keys.Rewrap(ctx, volume.RecordOf(row.Key), row.FileID, to)
 				} else {
 					id := keys.FileIdentity{Volume: r.v.ID, File: row.FileID}
-					nrec, err = keys.Rewrap(ctx, r.v.Provider, toKeys(row.Key), id, to)
+					nrec, err = keys.Rewrap(ctx, r.v.Provider, volume.RecordOf(row.Key), id, to)
 				}
 				if err == nil {
-					b.recs[i] = toMeta(nrec)
+					b.recs[i] = volume.CatalogRecord(nrec)
 					continue
 				}
 				mu.Lock()
@@ -563,6 +565,10 @@ func (r *rewrapper) commit(ctx context.Context, b *rewrapBatch, swapped *int64) 
 	}
 	return r.opt.hook.at("batch")
 }
+
+// ErrRetireBusy is returned when an old KEK version still has key records (or, in derive
+// mode, chunks) that use it.
+var ErrRetireBusy = errors.New("KEK version still in use")
 
 // Retire destroys every old KEK version (state "old") once no key record uses it: first in
 // the catalog (marked destroyed, audited, material erased), then in the provider. It refuses

@@ -130,7 +130,7 @@ func TestShredProof(t *testing.T) {
 		t.Fatal(err)
 	}
 	id := keys.FileIdentity{Volume: e.v.ID, File: a.FileID}
-	dek, err := keys.OpenFileKey(ctx, e.v.Provider, toKeys(oldRec), id)
+	dek, err := keys.OpenFileKey(ctx, e.v.Provider, volume.RecordOf(oldRec), id)
 	if err != nil {
 		t.Fatalf("before --now the old copy's key should still open: %v", err)
 	}
@@ -151,7 +151,7 @@ func TestShredProof(t *testing.T) {
 	for p, bk := range objs {
 		copyFile(t, bk, p)
 	}
-	if _, err := keys.OpenFileKey(ctx, e.v.Provider, toKeys(oldRec), id); !errors.Is(err, keys.ErrKEKMissing) {
+	if _, err := keys.OpenFileKey(ctx, e.v.Provider, volume.RecordOf(oldRec), id); !errors.Is(err, keys.ErrKEKMissing) {
 		t.Fatalf("old copy's key after shred --now: %v, want ErrKEKMissing", err)
 	}
 	// (Opening a volume rebuilt from the old copy fails the same way: the CLI test

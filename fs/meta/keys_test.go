@@ -36,7 +36,7 @@ func TestKEKVersions(t *testing.T) {
 	if err != nil || k7.Version != 7 {
 		t.Fatalf("v7 %+v %v", k7, err)
 	}
-	u, err := c.AddKEKVersion(ctx, KEK{Chain: UserChain(1000), Created: now()}, "init")
+	u, err := c.AddKEKVersion(ctx, KEK{Chain: "u1000", Created: now()}, "init")
 	if err != nil || u.Chain != "u1000" || u.Version != 1 {
 		t.Fatalf("user chain %+v %v", u, err)
 	}

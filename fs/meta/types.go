@@ -1,10 +1,10 @@
 package meta
 
 import (
-	"coffer/crypto/format"
 	"encoding/hex"
-	"strconv"
 	"syscall"
+
+	"coffer/crypto/format"
 )
 
 // Limits, matching ext4 where there is one.
@@ -120,7 +120,7 @@ type AttrChange struct {
 // the DEK is derived from (derive mode). Nothing in it is secret.
 type KeyRecord struct {
 	Mode    string // KeyModeWrap | KeyModeDerive
-	Chain   string // "" for the volume chain, UserChain(uid) for per-user KEKs
+	Chain   string // "" for the volume chain, keys.UserChain(uid) ("u1000") for per-user KEKs
 	Version uint32 // KEK version that wrapped it (or derive key version)
 	IV      []byte
 	Wrapped []byte
@@ -208,6 +208,3 @@ func ObjectName(id [16]byte) string { return format.ObjectName(format.ID(id)) }
 
 // hexID is how ids appear in audit details and messages.
 func hexID(id [16]byte) string { return hex.EncodeToString(id[:]) }
-
-// UserChain is the KEK chain name of a per-user KEK.
-func UserChain(uid uint32) string { return "u" + strconv.FormatUint(uint64(uid), 10) }

@@ -396,7 +396,7 @@ func (v *Volume) populateOffline(t *testing.T, n int) {
 			rec, dek, err := keys.NewFileKey(ctx, vol.Provider, keys.ModeWrap, vol.KEK, keys.FileIdentity{Volume: vol.ID, File: fs[i].id})
 			must(t, "new file key", err)
 			dek.Wipe()
-			fs[i].rec = meta.KeyRecord{Mode: string(rec.Mode), Chain: rec.KEK.Chain, Version: rec.KEK.Version, IV: rec.IV, Wrapped: rec.Wrapped}
+			fs[i].rec = volume.CatalogRecord(rec)
 		}
 		err := vol.Catalog.Update(ctx, func(tx *meta.Tx) error {
 			for i := range fs {
