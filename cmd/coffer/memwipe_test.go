@@ -275,14 +275,14 @@ func learnKeys(t *testing.T, mode, state string, secret []byte) *knownKeys {
 	}
 	defer v.Close(ctx)
 	k := &knownKeys{volume: v.ID, deks: map[[16]byte][]byte{}}
-	rows, err := v.Catalog.KeysUsing(ctx, v.KEK.Chain, v.KEK.Version, 0, 1000)
+	rows, err := v.Catalog().KeysUsing(ctx, v.KEK().Chain, v.KEK().Version, 0, 1000)
 	if err != nil || len(rows) < 12 {
 		t.Fatalf("key records: %d, %v", len(rows), err)
 	}
 	for _, r := range rows {
 		rec := keys.Record{Mode: keys.Mode(r.Key.Mode), KEK: keys.KEKRef{Chain: r.Key.Chain, Version: r.Key.Version},
 			IV: r.Key.IV, Wrapped: r.Key.Wrapped, Salt: r.Key.Salt}
-		dek, err := keys.OpenFileKey(ctx, v.Provider, rec, keys.FileIdentity{Volume: v.ID, File: r.FileID})
+		dek, err := keys.OpenFileKey(ctx, v.Provider(), rec, keys.FileIdentity{Volume: v.ID, File: r.FileID})
 		if err != nil {
 			t.Fatalf("open the DEK of inode %d: %v", r.Ino, err)
 		}
@@ -294,7 +294,7 @@ func learnKeys(t *testing.T, mode, state string, secret []byte) *knownKeys {
 		return k
 	}
 	k.fixed = append(k.fixed, secretPattern{"passphrase", bytes.Clone(secret)})
-	vi, err := v.Catalog.Volume(ctx)
+	vi, err := v.Catalog().Volume(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -305,12 +305,12 @@ func learnKeys(t *testing.T, mode, state string, secret []byte) *knownKeys {
 	m := argon2.IDKey(secret, params.Salt[:], params.Time, params.MemoryKiB, params.Threads, 32)
 	kwk := hmacSum(m, keys.AppendLP(keys.AppendLP(nil, []byte(keys.LabelPassKWK)), v.ID[:]))
 	k.fixed = append(k.fixed, secretPattern{"Argon2id output", m}, secretPattern{"KWK", kwk})
-	kek, err := v.Catalog.GetKEK(ctx, v.KEK.Chain, v.KEK.Version)
+	kek, err := v.Catalog().GetKEK(ctx, v.KEK().Chain, v.KEK().Version)
 	if err != nil || len(kek.Material) != 93 {
 		t.Fatalf("KEK material: %d bytes, %v", len(kek.Material), err)
 	}
-	aad := keys.AppendLP(keys.AppendLP(keys.AppendLP(nil, []byte(keys.LabelPassphraseKEK)), v.ID[:]), []byte(v.KEK.Chain))
-	aad = bin.BigEndian.AppendUint32(aad, v.KEK.Version)
+	aad := keys.AppendLP(keys.AppendLP(keys.AppendLP(nil, []byte(keys.LabelPassphraseKEK)), v.ID[:]), []byte(v.KEK().Chain))
+	aad = bin.BigEndian.AppendUint32(aad, v.KEK().Version)
 	block, _ := aes.NewCipher(kwk)
 	gcm, _ := cipher.NewGCM(block)
 	kekKeys, err := gcm.Open(nil, kek.Material[1:13], kek.Material[13:], aad)

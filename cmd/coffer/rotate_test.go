@@ -71,10 +71,10 @@ func (l *lcVol) populate(t *testing.T, prefix string, n int, uid uint32, data []
 		t.Fatal(err)
 	}
 	defer v.Close(ctx)
-	kek := v.KEK
+	kek := v.KEK()
 	if v.PerUser {
 		chain := keys.UserChain(uid)
-		if cur, err := v.Catalog.CurrentKEK(ctx, chain); err == nil {
+		if cur, err := v.Catalog().CurrentKEK(ctx, chain); err == nil {
 			kek = keys.KEKRef{Chain: chain, Version: cur.Version}
 		} else {
 			kek = keys.KEKRef{Chain: chain, Version: 1}
@@ -90,7 +90,7 @@ func (l *lcVol) populate(t *testing.T, prefix string, n int, uid uint32, data []
 		fids := make([][16]byte, m)
 		for i := range m {
 			rand.Read(fids[i][:])
-			rec, dek, err := keys.NewFileKey(ctx, v.Provider, v.KeyMode, kek, keys.FileIdentity{Volume: v.ID, File: fids[i]})
+			rec, dek, err := keys.NewFileKey(ctx, v.Provider(), v.KeyMode, kek, keys.FileIdentity{Volume: v.ID, File: fids[i]})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -98,7 +98,7 @@ func (l *lcVol) populate(t *testing.T, prefix string, n int, uid uint32, data []
 			recs[i] = volume.CatalogRecord(rec)
 		}
 		now := time.Now().UnixNano()
-		err := v.Catalog.Update(ctx, func(tx *meta.Tx) error {
+		err := v.Catalog().Update(ctx, func(tx *meta.Tx) error {
 			for i := range m {
 				in, err := tx.CreateFile(meta.RootIno, []byte(prefix+strconv.Itoa(done+i)),
 					meta.Inode{Mode: syscall.S_IFREG | 0o644, UID: uid, GID: uid, Atime: now, Mtime: now, Ctime: now, FileID: fids[i]}, &recs[i])

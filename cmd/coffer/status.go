@@ -225,7 +225,7 @@ func verifyAudit(ctx context.Context, env *cliEnv, cat *meta.Catalog, state, pin
 		return err
 	}
 	defer v.Close(ctx)
-	rep, err := keyops.VerifyAudit(ctx, v.Catalog, v.Provider, v.ID)
+	rep, err := keyops.VerifyAudit(ctx, v.Catalog(), v.Provider(), v.ID)
 	if err != nil {
 		return fmt.Errorf("audit log damaged: %w", err)
 	}

@@ -150,7 +150,7 @@ func TestCrashRecovery(t *testing.T) {
 	if left := stagingFiles(t, e.stage); len(left) != 0 {
 		t.Fatalf("staging files left after upload: %v", left)
 	}
-	if ups, _ := e.v.Catalog.ListUploads(e.ctx, "", 0, 0); len(ups) != 0 {
+	if ups, _ := e.v.Catalog().ListUploads(e.ctx, "", 0, 0); len(ups) != 0 {
 		t.Fatalf("upload queue not empty: %+v", ups)
 	}
 	after := e.chunks(ino)

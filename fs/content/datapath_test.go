@@ -117,8 +117,8 @@ func TestPartialWrite(t *testing.T) {
 	}
 	old := format.ObjectName(format.ID(before[1].Object))
 	waitFor(t, 5*time.Second, "the replaced object to be deleted", func() bool {
-		_, err := e.v.Store.Stat(e.ctx, old)
-		n, _ := e.v.Catalog.PendingDeletes(e.ctx)
+		_, err := e.v.Store().Stat(e.ctx, old)
+		n, _ := e.v.Catalog().PendingDeletes(e.ctx)
 		return errors.Is(err, remote.ErrNotFound) && n == 0
 	})
 	e.release(f)
@@ -171,7 +171,7 @@ func TestUploadTriggers(t *testing.T) {
 		if _, _, ok := e.s.Attr(ino); ok {
 			t.Fatal("Attr still overrides a file that is closed and clean")
 		}
-		in, err := e.v.Catalog.GetInode(e.ctx, ino)
+		in, err := e.v.Catalog().GetInode(e.ctx, ino)
 		if err != nil || in.Size != 40000 {
 			t.Fatalf("catalog size %d, %v", in.Size, err)
 		}
@@ -434,11 +434,11 @@ func TestDiscard(t *testing.T) {
 	if err := e.s.Discard(e.ctx, ino); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.v.Catalog.Reap(e.ctx, ino, time.Now().UnixNano()); err != nil {
+	if _, err := e.v.Catalog().Reap(e.ctx, ino, time.Now().UnixNano()); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, 5*time.Second, "staging and queues to empty", func() bool {
-		ups, _ := e.v.Catalog.ListUploads(e.ctx, "", 0, 0)
+		ups, _ := e.v.Catalog().ListUploads(e.ctx, "", 0, 0)
 		st := e.s.Stats()
 		return len(ups) == 0 && st.StagedBytes == 0 && st.DirtyChunks == 0 && st.CachedKeys == 0 &&
 			len(stagingFiles(t, e.stage)) == 0
@@ -446,7 +446,7 @@ func TestDiscard(t *testing.T) {
 	// Every object that was put is deleted again.
 	waitFor(t, 5*time.Second, "objects of the discarded file to be deleted", func() bool {
 		n := 0
-		_ = e.v.Store.List(e.ctx, format.ObjectPrefix, func(string, int64) error { n++; return nil })
+		_ = e.v.Store().List(e.ctx, format.ObjectPrefix, func(string, int64) error { n++; return nil })
 		return n == 0
 	})
 }

@@ -79,7 +79,7 @@ func TestRemoteDown(t *testing.T) {
 		t.Fatalf("stats with the remote down: %+v", st)
 	}
 	mustEqual(t, e.read(fb, 0, len(want)+10), want, "staged data reads without the remote")
-	ups, err := e.v.Catalog.ListUploads(e.ctx, "", 0, 0)
+	ups, err := e.v.Catalog().ListUploads(e.ctx, "", 0, 0)
 	if err != nil || len(ups) != capSlots/4 || ups[0].Attempts == 0 || ups[0].LastError == "" {
 		t.Fatalf("upload queue: %+v, %v", ups, err)
 	}

@@ -187,13 +187,15 @@ func newEnvConfig(t testing.TB, kind string, layout format.Layout, opt Options, 
 // open opens the volume and the data path and runs Recover.
 func (e *env) open() {
 	e.t.Helper()
-	v, err := volume.Open(e.ctx, e.state, e.pass, volume.OpenOptions{Logger: e.log, Remote: e.ropt})
+	v, err := volume.Open(e.ctx, e.state, e.pass, volume.OpenOptions{Logger: e.log, Remote: e.ropt,
+		WrapStore: func(s remote.Store) (remote.Store, error) {
+			e.fault = faulty.New(s, 1)
+			e.count = &countingStore{Store: e.fault}
+			return e.count, nil
+		}})
 	if err != nil {
 		e.t.Fatalf("open volume: %v", err)
 	}
-	e.fault = faulty.New(v.Store, 1)
-	e.count = &countingStore{Store: e.fault}
-	v.Store = e.count
 	e.v = v
 	s, err := New(v, e.opt)
 	if err != nil {
@@ -241,14 +243,14 @@ func (e *env) createFile(name string) uint64 {
 	e.t.Helper()
 	var fid [16]byte
 	rand.Read(fid[:])
-	rec, dek, err := e.v.Keys.NewFileKey(e.ctx, e.v.KeyMode, e.v.KEK, fid)
+	rec, dek, err := e.v.Keys().NewFileKey(e.ctx, e.v.KeyMode, e.v.KEK(), fid)
 	if err != nil {
 		e.t.Fatalf("new file key: %v", err)
 	}
 	dek.Wipe()
 	kr := meta.KeyRecord{Mode: string(rec.Mode), Chain: rec.KEK.Chain, Version: rec.KEK.Version,
 		IV: rec.IV, Wrapped: rec.Wrapped, Salt: rec.Salt}
-	in, err := e.v.Catalog.CreateFile(e.ctx, meta.RootIno, []byte(name),
+	in, err := e.v.Catalog().CreateFile(e.ctx, meta.RootIno, []byte(name),
 		meta.Inode{Mode: 0o644, Ctime: time.Now().UnixNano(), FileID: fid}, &kr)
 	if err != nil {
 		e.t.Fatalf("create file: %v", err)
@@ -302,7 +304,7 @@ func (e *env) release(f *File) {
 
 func (e *env) chunks(ino uint64) []meta.Chunk {
 	e.t.Helper()
-	cs, err := e.v.Catalog.Chunks(e.ctx, ino, 0, -1)
+	cs, err := e.v.Catalog().Chunks(e.ctx, ino, 0, -1)
 	if err != nil {
 		e.t.Fatal(err)
 	}

@@ -74,7 +74,7 @@ func TestRevoke(t *testing.T) {
 	if n := fa.keyCount(); n != 0 {
 		t.Fatalf("the revoked file still holds %d keys", n)
 	}
-	if ups, err := e.v.Catalog.ListUploads(e.ctx, "", 0, 0); err != nil || len(ups) != 0 {
+	if ups, err := e.v.Catalog().ListUploads(e.ctx, "", 0, 0); err != nil || len(ups) != 0 {
 		t.Fatalf("staged writes of the revoked file still queued: %d (%v)", len(ups), err)
 	}
 	if left := stagingFiles(t, e.stage); len(left) != 0 {
@@ -98,27 +98,27 @@ func TestReloadKeyRecords(t *testing.T) {
 
 	// What keyops.Rotate does: a new version, the record re-wrapped by compare-and-swap.
 	v2 := keys.KEKRef{Version: 2}
-	mat, err := e.v.Provider.CreateKEK(e.ctx, v2)
+	mat, err := e.v.Provider().CreateKEK(e.ctx, v2)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.v.Catalog.AddKEKVersion(e.ctx, meta.KEK{Version: 2, Material: mat, Created: time.Now().UnixNano()}, "test"); err != nil {
+	if _, err := e.v.Catalog().AddKEKVersion(e.ctx, meta.KEK{Version: 2, Material: mat, Created: time.Now().UnixNano()}, "test"); err != nil {
 		t.Fatal(err)
 	}
-	old, err := e.v.Catalog.GetKey(e.ctx, ino)
+	old, err := e.v.Catalog().GetKey(e.ctx, ino)
 	if err != nil {
 		t.Fatal(err)
 	}
-	in, err := e.v.Catalog.GetInode(e.ctx, ino)
+	in, err := e.v.Catalog().GetInode(e.ctx, ino)
 	if err != nil {
 		t.Fatal(err)
 	}
-	nrec, err := keys.Rewrap(e.ctx, e.v.Provider, keys.Record{Mode: keys.Mode(old.Mode), KEK: keys.KEKRef{Version: old.Version}, IV: old.IV, Wrapped: old.Wrapped},
+	nrec, err := keys.Rewrap(e.ctx, e.v.Provider(), keys.Record{Mode: keys.Mode(old.Mode), KEK: keys.KEKRef{Version: old.Version}, IV: old.IV, Wrapped: old.Wrapped},
 		keys.FileIdentity{Volume: e.v.ID, File: in.FileID}, v2)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ok, err := e.v.Catalog.SwapKey(e.ctx, ino, old, meta.KeyRecord{Mode: string(nrec.Mode), Version: 2, IV: nrec.IV, Wrapped: nrec.Wrapped}); err != nil || !ok {
+	if ok, err := e.v.Catalog().SwapKey(e.ctx, ino, old, meta.KeyRecord{Mode: string(nrec.Mode), Version: 2, IV: nrec.IV, Wrapped: nrec.Wrapped}); err != nil || !ok {
 		t.Fatalf("swap: %v %v", ok, err)
 	}
 
@@ -126,10 +126,10 @@ func TestReloadKeyRecords(t *testing.T) {
 	if err != nil || n != 1 {
 		t.Fatalf("ReloadKeyRecords: %d files, %v; want 1", n, err)
 	}
-	if err := e.v.Catalog.MarkDestroyed(e.ctx, "", 1, time.Now().UnixNano(), "test"); err != nil {
+	if err := e.v.Catalog().MarkDestroyed(e.ctx, "", 1, time.Now().UnixNano(), "test"); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.v.Provider.DestroyKEK(e.ctx, keys.KEKRef{Version: 1}); err != nil {
+	if err := e.v.Provider().DestroyKEK(e.ctx, keys.KEKRef{Version: 1}); err != nil {
 		t.Fatal(err)
 	}
 	e.lock()

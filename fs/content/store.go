@@ -123,7 +123,7 @@ type Store struct {
 // next to pick up what a previous run left staged, and Close at the end.
 func New(v *volume.Volume, opt Options) (*Store, error) {
 	opt = opt.withDefaults()
-	if v == nil || v.Catalog == nil || v.Store == nil || v.Keys == nil {
+	if v == nil || v.Catalog() == nil || v.Store() == nil || v.Keys() == nil {
 		return nil, errors.New("content: new store: the volume is not open")
 	}
 	if err := v.Layout.Validate(); err != nil {
@@ -143,9 +143,9 @@ func New(v *volume.Volume, opt Options) (*Store, error) {
 		return nil, err
 	}
 	s := &Store{
-		cat:         v.Catalog,
-		keys:        v.Keys,
-		remote:      v.Store,
+		cat:         v.Catalog(),
+		keys:        v.Keys(),
+		remote:      v.Store(),
 		layout:      v.Layout,
 		volID:       format.ID(v.ID),
 		opt:         opt,

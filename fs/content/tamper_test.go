@@ -215,15 +215,15 @@ func TestTamper(t *testing.T) {
 	})
 	t.Run("key record moved to another file", func(t *testing.T) {
 		te.t = t
-		ka, err := te.v.Catalog.GetKey(te.ctx, te.a)
+		ka, err := te.v.Catalog().GetKey(te.ctx, te.a)
 		if err != nil {
 			t.Fatal(err)
 		}
-		kb, err := te.v.Catalog.GetKey(te.ctx, te.b)
+		kb, err := te.v.Catalog().GetKey(te.ctx, te.b)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if ok, err := te.v.Catalog.SwapKey(te.ctx, te.b, kb, ka); !ok || err != nil {
+		if ok, err := te.v.Catalog().SwapKey(te.ctx, te.b, kb, ka); !ok || err != nil {
 			t.Fatalf("swap key: %v %v", ok, err)
 		}
 		te.expectEIO(te.b, 0, 10, "")

@@ -70,7 +70,20 @@ func Run(parent context.Context, mc Config, secret []byte, ready func(error)) (e
 		return err
 	}
 
-	v, err := volume.Open(ctx, mc.State, secret, volume.OpenOptions{Logger: log})
+	objcache := volume.DiskCacheDir(mc.State)
+	opt := volume.OpenOptions{Logger: log}
+	if mc.DiskCache > 0 {
+		opt.WrapStore = func(s remote.Store) (remote.Store, error) {
+			return remote.NewDiskCache(s, objcache, mc.DiskCache, log)
+		}
+	} else if _, err := os.Stat(objcache); err == nil {
+		// Off now: its copies would go stale as objects are deleted without it.
+		log.Info("removing the disk cache of an earlier mount (--disk-cache is off)", "dir", objcache)
+		if err := os.RemoveAll(objcache); err != nil {
+			log.Warn("could not remove the disk cache", "dir", objcache, "err", err)
+		}
+	}
+	v, err := volume.Open(ctx, mc.State, secret, opt)
 	clear(secret)
 	if err != nil {
 		return err
@@ -81,13 +94,13 @@ func Run(parent context.Context, mc Config, secret []byte, ready func(error)) (e
 			detail[kv[i].(string)] = kv[i+1]
 		}
 		b, _ := json.Marshal(detail)
-		if _, err := v.Catalog.AppendAudit(ctx, meta.AuditEvent{Time: time.Now().UnixNano(), Event: event,
+		if _, err := v.Catalog().AppendAudit(ctx, meta.AuditEvent{Time: time.Now().UnixNano(), Event: event,
 			Actor: "uid:" + strconv.Itoa(os.Getuid()), Detail: string(b)}); err != nil {
 			log.Error("audit", "event", event, "err", err)
 		}
 	}
 	seal := func() {
-		if _, err := keyops.SealAudit(ctx, v.Catalog, v.Provider, v.ID, v.KEK); err != nil && !v.Locked() {
+		if _, err := keyops.SealAudit(ctx, v.Catalog(), v.Provider(), v.ID, v.KEK()); err != nil && !v.Locked() {
 			log.Error("seal audit log", "err", err)
 		}
 	}
@@ -98,20 +111,6 @@ func Run(parent context.Context, mc Config, secret []byte, ready func(error)) (e
 			log.Error("close volume", "err", cerr)
 		}
 		log.Info("keys wiped", "volume", hex.EncodeToString(v.ID[:]))
-	}
-	if objcache := volume.DiskCacheDir(mc.State); mc.DiskCache > 0 {
-		dc, err := remote.NewDiskCache(v.Store, objcache, mc.DiskCache, log)
-		if err != nil {
-			closeVolume()
-			return err
-		}
-		v.Store = dc
-	} else if _, err := os.Stat(objcache); err == nil {
-		// Off now: its copies would go stale as objects are deleted without it.
-		log.Info("removing the disk cache of an earlier mount (--disk-cache is off)", "dir", objcache)
-		if err := os.RemoveAll(objcache); err != nil {
-			log.Warn("could not remove the disk cache", "dir", objcache, "err", err)
-		}
 	}
 	data, err := content.New(v, content.Options{
 		StagingDir: mc.StagingDir, CacheBytes: mc.CacheBytes, StagingCap: mc.StagingCap,
@@ -253,12 +252,12 @@ func CheckMountpoint(ctx context.Context, mnt string) error {
 func status(v *volume.Volume, data *content.Store, mc Config) control.Status {
 	ctx := context.Background()
 	var token string
-	if mv, err := v.Catalog.Volume(ctx); err == nil {
+	if mv, err := v.Catalog().Volume(ctx); err == nil {
 		token = mv.HSMToken
 	}
-	// From the catalog, not v.KEK: a live rotation moves that on another goroutine.
+	// From the catalog, not v.KEK(): a live rotation moves that on another goroutine.
 	kek := "?"
-	if k, err := v.Catalog.CurrentKEK(ctx, ""); err == nil {
+	if k, err := v.Catalog().CurrentKEK(ctx, ""); err == nil {
 		kek = keys.KEKRef{Chain: k.Chain, Version: k.Version}.String()
 	}
 	return control.Status{

@@ -57,7 +57,7 @@ func TestLiveKeyOpsRefusals(t *testing.T) {
 	if _, err := w.shred(ctx, "uid:0", control.Request{Op: "shred", Paths: []string{"/a"}}, nil); !errors.Is(err, keyops.ErrMountLocked) {
 		t.Fatalf("live shred on a locked mount: %v", err)
 	}
-	if got, _ := w.v.Catalog.ListKEKs(ctx); len(got) != 1 {
+	if got, _ := w.v.Catalog().ListKEKs(ctx); len(got) != 1 {
 		t.Fatalf("a refused operation changed the KEKs: %v", got)
 	}
 }

@@ -91,7 +91,7 @@ func TestChmodChownUtimens(t *testing.T) {
 		t.Errorf("UTIME_NOW left mtime at %v", st.Mtim)
 	}
 	// Times survive a remount-free cache drop (they are in the catalog).
-	in, err := m.vol.Catalog.GetInode(context.Background(), st.Ino)
+	in, err := m.vol.Catalog().GetInode(context.Background(), st.Ino)
 	if err != nil || in.Atime != at.Nano() {
 		t.Fatalf("catalog atime %d, want %d (%v)", in.Atime, at.Nano(), err)
 	}
@@ -279,7 +279,7 @@ func TestSparseOver4GiB(t *testing.T) {
 	// It persists: after close, the catalog has the size.
 	fh.Close()
 	eventually(t, "size in the catalog", func() bool {
-		in, err := m.vol.Catalog.GetInode(context.Background(), st.Ino)
+		in, err := m.vol.Catalog().GetInode(context.Background(), st.Ino)
 		return err == nil && in.Size == far+8
 	})
 }
@@ -451,16 +451,16 @@ func TestOrphansReapedAtMount(t *testing.T) {
 	ctx := context.Background()
 	var orphan uint64
 	m := mountFS(t, mountConfig{before: func(v *volume.Volume) {
-		in, err := v.Catalog.CreateFile(ctx, meta.RootIno, []byte("gone"), meta.Inode{Mode: 0o644, Ctime: 1}, nil)
+		in, err := v.Catalog().CreateFile(ctx, meta.RootIno, []byte("gone"), meta.Inode{Mode: 0o644, Ctime: 1}, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := v.Catalog.Unlink(ctx, meta.RootIno, []byte("gone"), 2, false); err != nil {
+		if _, err := v.Catalog().Unlink(ctx, meta.RootIno, []byte("gone"), 2, false); err != nil {
 			t.Fatal(err)
 		}
 		orphan = in.Ino
 	}})
-	if _, err := m.vol.Catalog.GetInode(ctx, orphan); !errors.Is(err, syscall.ENOENT) {
+	if _, err := m.vol.Catalog().GetInode(ctx, orphan); !errors.Is(err, syscall.ENOENT) {
 		t.Fatalf("orphan %d still there after mount: %v", orphan, err)
 	}
 	if !strings.Contains(m.log.String(), "reaped inodes") {
@@ -477,7 +477,7 @@ func TestPerUserKEKs(t *testing.T) {
 	}
 	m.write("pub/r", "root")
 	rec := func(rel string) meta.KeyRecord {
-		k, err := m.vol.Catalog.GetKey(ctx, m.lstat(rel).Ino)
+		k, err := m.vol.Catalog().GetKey(ctx, m.lstat(rel).Ino)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -489,7 +489,7 @@ func TestPerUserKEKs(t *testing.T) {
 	if k := rec("pub/r"); k.Chain != keys.UserChain(0) {
 		t.Errorf("root's file keyed under %q", k.Chain)
 	}
-	if cur, err := m.vol.Catalog.CurrentKEK(ctx, keys.UserChain(65534)); err != nil || cur.Version != 1 {
+	if cur, err := m.vol.Catalog().CurrentKEK(ctx, keys.UserChain(65534)); err != nil || cur.Version != 1 {
 		t.Errorf("user KEK not recorded: %+v %v", cur, err)
 	}
 	// chown moves the key to the new owner's chain; the file stays readable.
@@ -499,7 +499,7 @@ func TestPerUserKEKs(t *testing.T) {
 	if k := rec("pub/r"); k.Chain != keys.UserChain(65534) {
 		t.Errorf("after chown the key is under %q", k.Chain)
 	}
-	m.vol.Keys.WipeCache()
+	m.vol.Keys().WipeCache()
 	if got := m.read("pub/r"); got != "root" {
 		t.Errorf("after chown and a key cache wipe: %q", got)
 	}
@@ -512,7 +512,7 @@ func TestDeriveModePerUser(t *testing.T) {
 	if err := os.WriteFile(m.path("f"), data, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	k, err := m.vol.Catalog.GetKey(ctx, m.lstat("f").Ino)
+	k, err := m.vol.Catalog().GetKey(ctx, m.lstat("f").Ino)
 	if err != nil || k.Mode != meta.KeyModeDerive || k.Chain != keys.UserChain(0) || len(k.Salt) != keys.SaltSize {
 		t.Fatalf("key record %+v %v", k, err)
 	}
@@ -520,10 +520,10 @@ func TestDeriveModePerUser(t *testing.T) {
 	if err := os.Lchown(m.path("f"), 42, 42); err != nil {
 		t.Fatal(err)
 	}
-	if k2, _ := m.vol.Catalog.GetKey(ctx, m.lstat("f").Ino); k2.Chain != k.Chain {
+	if k2, _ := m.vol.Catalog().GetKey(ctx, m.lstat("f").Ino); k2.Chain != k.Chain {
 		t.Errorf("derive-mode key moved to %q", k2.Chain)
 	}
-	m.vol.Keys.WipeCache()
+	m.vol.Keys().WipeCache()
 	if got := m.read("f"); got != string(data) {
 		t.Fatal("read back differs")
 	}

@@ -57,7 +57,7 @@ func (f *FS) createFile(ctx context.Context, parent uint64, name string, mode ui
 		if err != nil {
 			return meta.Inode{}, err
 		}
-		rec, dek, err := f.vol.Keys.NewFileKey(ctx, f.vol.KeyMode, kek, fid)
+		rec, dek, err := f.vol.Keys().NewFileKey(ctx, f.vol.KeyMode, kek, fid)
 		if errors.Is(err, keys.ErrKEKMissing) && attempt == 0 {
 			f.forgetKEK(uid) // retired by a rotation since it was cached
 			continue
@@ -81,7 +81,7 @@ func (f *FS) createFile(ctx context.Context, parent uint64, name string, mode ui
 			return err
 		})
 		if err != nil {
-			f.vol.Keys.Forget(fid)
+			f.vol.Keys().Forget(fid)
 		}
 		if errors.Is(err, errKEKMoved) && attempt < 3 {
 			f.forgetKEK(uid)

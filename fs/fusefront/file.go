@@ -393,7 +393,7 @@ func (f *FS) reap(ctx context.Context, ino uint64) error {
 		return err
 	}
 	if in.FileID != [16]byte{} {
-		f.vol.Keys.Forget(in.FileID)
+		f.vol.Keys().Forget(in.FileID)
 	}
 	return nil
 }

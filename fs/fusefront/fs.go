@@ -147,9 +147,9 @@ func newFS(v *volume.Volume, data dataStore, opt Options) *FS {
 	if opt.FsName == "" {
 		opt.FsName = "coffer"
 	}
-	f := &FS{vol: v, cat: v.Catalog, data: data, opt: opt, log: opt.Logger,
+	f := &FS{vol: v, cat: v.Catalog(), data: data, opt: opt, log: opt.Logger,
 		open: map[uint64]*openState{}, orphans: map[uint64]struct{}{}, userKEKs: map[uint32]keys.KEKRef{},
-		volKEK: v.KEK, revoked: map[uint64]struct{}{}}
+		volKEK: v.KEK(), revoked: map[uint64]struct{}{}}
 	f.root = &Node{fsys: f}
 	return f
 }

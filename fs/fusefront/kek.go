@@ -125,7 +125,7 @@ func (f *FS) rekeyForOwner(ctx context.Context, in *meta.Inode) error {
 		if err != nil {
 			return err
 		}
-		nrec, err := f.vol.Keys.Rewrap(ctx, volume.RecordOf(old), in.FileID, to)
+		nrec, err := f.vol.Keys().Rewrap(ctx, volume.RecordOf(old), in.FileID, to)
 		if err != nil {
 			return err
 		}

@@ -95,7 +95,7 @@ func TestLock(t *testing.T) {
 	for i := range 1000 {
 		var fid [16]byte
 		fid[0], fid[1], fid[15] = byte(i), byte(i>>8), 0xEE
-		_, d, err := m.vol.Keys.NewFileKey(context.Background(), m.vol.KeyMode, m.vol.KEK, fid)
+		_, d, err := m.vol.Keys().NewFileKey(context.Background(), m.vol.KeyMode, m.vol.KEK(), fid)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -358,7 +358,7 @@ func TestConcurrentClients(t *testing.T) {
 	if len(ents) != want {
 		t.Fatalf("shared has %d entries, want %d", len(ents), want)
 	}
-	if problems, err := m.vol.Catalog.Check(context.Background()); err != nil || len(problems) != 0 {
+	if problems, err := m.vol.Catalog().Check(context.Background()); err != nil || len(problems) != 0 {
 		t.Fatalf("catalog check: %v %v", problems, err)
 	}
 }

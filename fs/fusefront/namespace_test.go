@@ -203,7 +203,7 @@ func TestMkdirRmdirNlink(t *testing.T) {
 	// Once the kernel forgets it, its row goes.
 	eventually(t, "removed dir reaped", func() bool {
 		dropCaches()
-		_, err := m.vol.Catalog.GetInode(context.Background(), ino)
+		_, err := m.vol.Catalog().GetInode(context.Background(), ino)
 		return errors.Is(err, syscall.ENOENT)
 	})
 }
@@ -265,7 +265,7 @@ func TestHardLinks(t *testing.T) {
 	os.Remove(m.path("c"))
 	os.Remove(m.path("d/b"))
 	eventually(t, "inode reaped after its last name", func() bool {
-		_, err := m.vol.Catalog.GetInode(context.Background(), ino)
+		_, err := m.vol.Catalog().GetInode(context.Background(), ino)
 		return errors.Is(err, syscall.ENOENT)
 	})
 }
@@ -306,7 +306,7 @@ func TestUnlinkedOpenFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	fh.Close()
-	if _, err := m.vol.Catalog.GetInode(context.Background(), ino); err != nil {
+	if _, err := m.vol.Catalog().GetInode(context.Background(), ino); err != nil {
 		t.Fatalf("row gone while a handle is open: %v", err)
 	}
 	n, _ = fh2.ReadAt(buf, 0)
@@ -315,10 +315,10 @@ func TestUnlinkedOpenFile(t *testing.T) {
 	}
 	fh2.Close()
 	eventually(t, "unlinked file reaped after its last close", func() bool {
-		_, err := m.vol.Catalog.GetInode(context.Background(), ino)
+		_, err := m.vol.Catalog().GetInode(context.Background(), ino)
 		return errors.Is(err, syscall.ENOENT)
 	})
-	if orphans, err := m.vol.Catalog.Orphans(context.Background()); err != nil || len(orphans) != 0 {
+	if orphans, err := m.vol.Catalog().Orphans(context.Background()); err != nil || len(orphans) != 0 {
 		t.Fatalf("orphans left: %v %v", orphans, err)
 	}
 
@@ -341,12 +341,12 @@ func TestUnlinkedOpenFile(t *testing.T) {
 	if string(buf[:n]) != "old content" {
 		t.Fatalf("replaced file through its handle: %q", buf[:n])
 	}
-	if _, err := m.vol.Catalog.GetInode(context.Background(), vIno); err != nil {
+	if _, err := m.vol.Catalog().GetInode(context.Background(), vIno); err != nil {
 		t.Fatalf("replaced file's row gone while open: %v", err)
 	}
 	vh.Close()
 	eventually(t, "replaced file reaped after close", func() bool {
-		_, err := m.vol.Catalog.GetInode(context.Background(), vIno)
+		_, err := m.vol.Catalog().GetInode(context.Background(), vIno)
 		return errors.Is(err, syscall.ENOENT)
 	})
 }
@@ -381,16 +381,16 @@ func TestUnlinkClosedFiles(t *testing.T) {
 		}
 	}
 	for _, ino := range []uint64{synced, staged} {
-		if _, err := m.vol.Catalog.GetInode(ctx, ino); !errors.Is(err, syscall.ENOENT) {
+		if _, err := m.vol.Catalog().GetInode(ctx, ino); !errors.Is(err, syscall.ENOENT) {
 			t.Errorf("inode %d after unlink: %v, want ENOENT", ino, err)
 		}
-		if _, err := m.vol.Catalog.GetKey(ctx, ino); !errors.Is(err, syscall.ENOENT) {
+		if _, err := m.vol.Catalog().GetKey(ctx, ino); !errors.Is(err, syscall.ENOENT) {
 			t.Errorf("key record of inode %d after unlink: %v, want ENOENT", ino, err)
 		}
-		if cs, err := m.vol.Catalog.Chunks(ctx, ino, 0, 1<<40); err != nil || len(cs) != 0 {
+		if cs, err := m.vol.Catalog().Chunks(ctx, ino, 0, 1<<40); err != nil || len(cs) != 0 {
 			t.Errorf("chunk rows of inode %d after unlink: %v %v", ino, cs, err)
 		}
-		if ups, err := m.vol.Catalog.UploadsOf(ctx, ino); err != nil || len(ups) != 0 {
+		if ups, err := m.vol.Catalog().UploadsOf(ctx, ino); err != nil || len(ups) != 0 {
 			t.Errorf("upload queue of inode %d after unlink: %v %v", ino, ups, err)
 		}
 	}
@@ -434,7 +434,7 @@ func TestRenameMatrix(t *testing.T) {
 		t.Fatalf("rename over a file: %q", got)
 	}
 	eventually(t, "replaced file reaped", func() bool {
-		_, err := m.vol.Catalog.GetInode(context.Background(), gIno)
+		_, err := m.vol.Catalog().GetInode(context.Background(), gIno)
 		return errors.Is(err, syscall.ENOENT)
 	})
 
@@ -792,7 +792,7 @@ func TestXattrs(t *testing.T) {
 	ino := m.lstat("f").Ino
 	os.Remove(p)
 	eventually(t, "file reaped", func() bool {
-		_, err := m.vol.Catalog.ListXattr(context.Background(), ino)
+		_, err := m.vol.Catalog().ListXattr(context.Background(), ino)
 		return errors.Is(err, syscall.ENOENT)
 	})
 }
@@ -820,7 +820,7 @@ func TestReadOnlyMount(t *testing.T) {
 	v, dir := newVolume(t, false)
 	// Put something in first through a writable mount of the catalog.
 	ctx := context.Background()
-	if _, err := v.Catalog.Mkdir(ctx, meta.RootIno, []byte("d"), meta.Inode{Mode: 0o755, Ctime: 1}); err != nil {
+	if _, err := v.Catalog().Mkdir(ctx, meta.RootIno, []byte("d"), meta.Inode{Mode: 0o755, Ctime: 1}); err != nil {
 		t.Fatal(err)
 	}
 	m := mountVolume(t, v, dir, mountConfig{opt: Options{ReadOnly: true}})

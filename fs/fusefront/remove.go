@@ -69,7 +69,7 @@ func (f *FS) unlinkIdle(ctx context.Context, parent uint64, name string, ino uin
 		return f.errno("unlink", parent, err), true
 	case reaped:
 		if in.FileID != [16]byte{} {
-			f.vol.Keys.Forget(in.FileID)
+			f.vol.Keys().Forget(in.FileID)
 		}
 	case in.Nlink == 0:
 		f.unlinked(ctx, in.Ino) // staged uploads, or the kernel's child was stale

@@ -59,7 +59,7 @@ func (f *FS) RevokeFiles(ctx context.Context, inos []uint64) error {
 			errs = append(errs, fmt.Errorf("inode %d: %w", ino, err))
 		}
 		if in.FileID != [16]byte{} {
-			f.vol.Keys.Forget(in.FileID)
+			f.vol.Keys().Forget(in.FileID)
 		}
 	}
 	// The kernel's cached pages: the file's node wherever go-fuse knows it.

@@ -44,7 +44,7 @@ func chainHash(prev []byte, r auditRow) []byte {
 // rehash it renumbers the rows and recomputes the whole hash chain (and sqlite_sequence).
 func tamper(t *testing.T, e *tvol, rehash bool, edit func([]auditRow) []auditRow) *meta.Catalog {
 	t.Helper()
-	if err := e.v.Catalog.PurgeDeleted(ctx); err != nil {
+	if err := e.v.Catalog().PurgeDeleted(ctx); err != nil {
 		t.Fatal(err)
 	}
 	dir := filepath.Join(t.TempDir(), "copy")
@@ -108,32 +108,32 @@ func tamper(t *testing.T, e *tvol, rehash bool, edit func([]auditRow) []auditRow
 func TestAuditMAC(t *testing.T) {
 	e := newVol(t, volOpt{})
 	for i := range 6 {
-		if _, err := e.v.Catalog.AppendAudit(ctx, meta.AuditEvent{Time: time.Now().UnixNano(), Event: "test.event", Actor: "t",
+		if _, err := e.v.Catalog().AppendAudit(ctx, meta.AuditEvent{Time: time.Now().UnixNano(), Event: "test.event", Actor: "t",
 			Detail: `{"i":` + string(rune('0'+i)) + `}`}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	rep, err := VerifyAudit(ctx, e.v.Catalog, e.v.Provider, e.v.ID)
+	rep, err := VerifyAudit(ctx, e.v.Catalog(), e.v.Provider(), e.v.ID)
 	if err != nil || rep.Authenticated != 0 || rep.Unsealed != 8 {
 		t.Fatalf("before sealing: %+v %v", rep, err)
 	}
-	n, err := SealAudit(ctx, e.v.Catalog, e.v.Provider, e.v.ID, e.v.KEK)
+	n, err := SealAudit(ctx, e.v.Catalog(), e.v.Provider(), e.v.ID, e.v.KEK())
 	if err != nil || n != 8 {
 		t.Fatalf("seal: %d %v", n, err)
 	}
-	if n, _ := SealAudit(ctx, e.v.Catalog, e.v.Provider, e.v.ID, e.v.KEK); n != 0 {
+	if n, _ := SealAudit(ctx, e.v.Catalog(), e.v.Provider(), e.v.ID, e.v.KEK()); n != 0 {
 		t.Fatalf("a second seal sealed %d entries", n)
 	}
-	rep, err = VerifyAudit(ctx, e.v.Catalog, e.v.Provider, e.v.ID)
+	rep, err = VerifyAudit(ctx, e.v.Catalog(), e.v.Provider(), e.v.ID)
 	if err != nil || rep.Authenticated != 8 || rep.Unsealed != 0 || !strings.Contains(rep.String(), "8 MACs verified (key volume/v1)") {
 		t.Fatalf("after sealing: %+v %v", rep, err)
 	}
 	// New entries are unsealed until the next seal, which MACs only them.
-	e.v.Catalog.AppendAudit(ctx, meta.AuditEvent{Time: time.Now().UnixNano(), Event: "test.late", Actor: "t"})
-	if rep, err = VerifyAudit(ctx, e.v.Catalog, e.v.Provider, e.v.ID); err != nil || rep.Unsealed != 1 {
+	e.v.Catalog().AppendAudit(ctx, meta.AuditEvent{Time: time.Now().UnixNano(), Event: "test.late", Actor: "t"})
+	if rep, err = VerifyAudit(ctx, e.v.Catalog(), e.v.Provider(), e.v.ID); err != nil || rep.Unsealed != 1 {
 		t.Fatalf("with a new entry: %+v %v", rep, err)
 	}
-	if n, _ := SealAudit(ctx, e.v.Catalog, e.v.Provider, e.v.ID, e.v.KEK); n != 1 {
+	if n, _ := SealAudit(ctx, e.v.Catalog(), e.v.Provider(), e.v.ID, e.v.KEK()); n != 1 {
 		t.Fatalf("sealed %d, want 1", n)
 	}
 
@@ -155,13 +155,13 @@ func TestAuditMAC(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			cat := tamper(t, e, c.rehash, c.edit)
-			_, err := VerifyAudit(ctx, cat, e.v.Provider, e.v.ID)
+			_, err := VerifyAudit(ctx, cat, e.v.Provider(), e.v.ID)
 			var ae *AuditError
 			if !errors.As(err, &ae) || ae.Seq != c.seq || !strings.Contains(ae.Reason, c.reason) {
 				t.Fatalf("verify: %v, want entry %d: %q", err, c.seq, c.reason)
 			}
 			if !c.rehash && c.name == "edit" {
-				if _, err := SealAudit(ctx, cat, e.v.Provider, e.v.ID, e.v.KEK); err == nil {
+				if _, err := SealAudit(ctx, cat, e.v.Provider(), e.v.ID, e.v.KEK()); err == nil {
 					t.Fatal("sealed a log whose hash chain is broken")
 				}
 			}
@@ -177,11 +177,11 @@ func TestAuditMAC(t *testing.T) {
 		}
 		return r
 	})
-	if _, err := SealAudit(ctx, stripped, e.v.Provider, e.v.ID, e.v.KEK); err == nil || !strings.Contains(err.Error(), "MACs were removed") {
+	if _, err := SealAudit(ctx, stripped, e.v.Provider(), e.v.ID, e.v.KEK()); err == nil || !strings.Contains(err.Error(), "MACs were removed") {
 		t.Fatalf("seal of a stripped log: %v", err)
 	}
 	// The untampered log still verifies.
-	if _, err := VerifyAudit(ctx, e.v.Catalog, e.v.Provider, e.v.ID); err != nil {
+	if _, err := VerifyAudit(ctx, e.v.Catalog(), e.v.Provider(), e.v.ID); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -189,15 +189,15 @@ func TestAuditMAC(t *testing.T) {
 // TestAuditPassphrase: the same MAC with a passphrase provider's HMAC key.
 func TestAuditPassphrase(t *testing.T) {
 	e := newVol(t, volOpt{passphrase: true})
-	if _, err := SealAudit(ctx, e.v.Catalog, e.v.Provider, e.v.ID, e.v.KEK); err != nil {
+	if _, err := SealAudit(ctx, e.v.Catalog(), e.v.Provider(), e.v.ID, e.v.KEK()); err != nil {
 		t.Fatal(err)
 	}
-	rep, err := VerifyAudit(ctx, e.v.Catalog, e.v.Provider, e.v.ID)
+	rep, err := VerifyAudit(ctx, e.v.Catalog(), e.v.Provider(), e.v.ID)
 	if err != nil || rep.Authenticated != 2 {
 		t.Fatalf("%+v %v", rep, err)
 	}
 	cat := tamper(t, e, true, func(r []auditRow) []auditRow { r[0].actor = "mallory"; return r })
-	if _, err := VerifyAudit(ctx, cat, e.v.Provider, e.v.ID); err == nil || !strings.Contains(err.Error(), "MAC does not match") {
+	if _, err := VerifyAudit(ctx, cat, e.v.Provider(), e.v.ID); err == nil || !strings.Contains(err.Error(), "MAC does not match") {
 		t.Fatalf("rehashed edit on a passphrase volume: %v", err)
 	}
 }

@@ -28,20 +28,20 @@ func BenchmarkRotation(b *testing.B) {
 
 	// Raw: re-wrap (v1 -> a scratch version) records held in memory, no catalog.
 	sample := min(n, 20000)
-	rows, err := e.v.Catalog.KeysUsing(ctx, "", 1, 0, sample)
+	rows, err := e.v.Catalog().KeysUsing(ctx, "", 1, 0, sample)
 	if err != nil {
 		b.Fatal(err)
 	}
 	scratch := keys.KEKRef{Chain: "bench", Version: 1}
-	if _, err := e.v.Provider.CreateKEK(ctx, scratch); err != nil {
+	if _, err := e.v.Provider().CreateKEK(ctx, scratch); err != nil {
 		b.Fatal(err)
 	}
-	defer e.v.Provider.DestroyKEK(ctx, scratch)
+	defer e.v.Provider().DestroyKEK(ctx, scratch)
 	raw := func(workers int) float64 {
 		start := time.Now()
 		striped(b, workers, len(rows), func(i int) error {
 			id := keys.FileIdentity{Volume: e.v.ID, File: rows[i].FileID}
-			_, err := keys.Rewrap(ctx, e.v.Provider, volume.RecordOf(rows[i].Key), id, scratch)
+			_, err := keys.Rewrap(ctx, e.v.Provider(), volume.RecordOf(rows[i].Key), id, scratch)
 			return err
 		})
 		return float64(len(rows)) / time.Since(start).Seconds()
@@ -60,7 +60,7 @@ func BenchmarkRotation(b *testing.B) {
 	if res.Rewrapped != int64(n) {
 		b.Fatalf("rotated %d rows, want %d", res.Rewrapped, n)
 	}
-	if left, _ := e.v.Catalog.CountKeysUsing(ctx, "", 1); left != 0 {
+	if left, _ := e.v.Catalog().CountKeysUsing(ctx, "", 1); left != 0 {
 		b.Fatalf("%d rows left on v1", left)
 	}
 	rot := float64(n) / res.Elapsed.Seconds()

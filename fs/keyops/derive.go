@@ -81,7 +81,7 @@ type reencryptor struct {
 // reencryptAll re-keys every derive-mode file of the target chains: records first, then
 // chunks (see the comment at the top of this file).
 func reencryptAll(ctx context.Context, v *volume.Volume, targets []keys.KEKRef, keks []meta.KEK, opt RotateOptions, res *RotateResult, start time.Time) error {
-	cat := v.Catalog
+	cat := v.Catalog()
 	r := &reencryptor{v: v, opt: opt, start: start, res: res, failed: map[ChunkRef]bool{}}
 	// We hold the catalog alone: intents left on the queue belong to a run that died.
 	if n, err := cat.ReleaseRekeyIntents(ctx, time.Now().UnixNano()); err != nil {
@@ -110,7 +110,7 @@ func reencryptAll(ctx context.Context, v *volume.Volume, targets []keys.KEKRef, 
 		}
 	}
 	// Released intents, and old objects whose deletion failed, go now if they can.
-	d, _ := DrainDeletes(ctx, cat, v.Store, opt.Logger)
+	d, _ := DrainDeletes(ctx, cat, v.Store(), opt.Logger)
 	res.DeletedObjects += d
 	if err := errors.Join(errs...); err != nil {
 		return err
@@ -133,7 +133,7 @@ func reencryptAll(ctx context.Context, v *volume.Volume, targets []keys.KEKRef, 
 // rekeyRecords moves every derive-mode record of to's chain under a live older version to
 // version to, keeping its salt, in batches of compare-and-swap updates.
 func (r *reencryptor) rekeyRecords(ctx context.Context, to keys.KEKRef, keks []meta.KEK) error {
-	cat := r.v.Catalog
+	cat := r.v.Catalog()
 	for _, k := range keks {
 		if k.Chain != to.Chain || k.Version >= to.Version || k.State == meta.KEKDestroyed {
 			continue
@@ -183,7 +183,7 @@ func (r *reencryptor) rekeyRecords(ctx context.Context, to keys.KEKRef, keks []m
 // chunks re-encrypts every chunk of to's chain sealed under an older version, in passes:
 // a chunk that changed underneath (its swap lost) is picked up by the next pass.
 func (r *reencryptor) chunks(ctx context.Context, to keys.KEKRef) error {
-	cat := r.v.Catalog
+	cat := r.v.Catalog()
 	for pass := 0; pass < 5; pass++ {
 		progressed := false
 		var afterIno uint64
@@ -241,7 +241,7 @@ func (r *reencryptor) batch(ctx context.Context, to keys.KEKRef, rows []meta.Rek
 		ids[i], names[i] = id, meta.ObjectName(id)
 	}
 	now := time.Now()
-	if err := v.Catalog.Update(ctx, func(t *meta.Tx) error {
+	if err := v.Catalog().Update(ctx, func(t *meta.Tx) error {
 		return t.QueueRekeyIntents(names, now.UnixNano(), now.Add(intentDelay).UnixNano())
 	}); err != nil {
 		return 0, fmt.Errorf("rotate: queue re-encrypted copies: %w", err)
@@ -304,7 +304,7 @@ func (r *reencryptor) batch(ctx context.Context, to keys.KEKRef, rows []meta.Rek
 	var bytes int64
 	var olds []string
 	if len(swaps) > 0 {
-		err := v.Catalog.Update(ctx, func(t *meta.Tx) error {
+		err := v.Catalog().Update(ctx, func(t *meta.Tx) error {
 			swapped, bytes, olds = 0, 0, olds[:0]
 			ok, err := t.SwapChunkObjects(swaps, time.Now().UnixNano())
 			for i, s := range ok {
@@ -347,17 +347,17 @@ func (r *reencryptor) copyChunk(ctx context.Context, to keys.KEKRef, row meta.Re
 		oldRec.KEK.Version = row.Chunk.KeyVersion
 	}
 	newRec.KEK.Version = to.Version
-	oldKey, err := keys.OpenFileKey(ctx, v.Provider, oldRec, fid)
+	oldKey, err := keys.OpenFileKey(ctx, v.Provider(), oldRec, fid)
 	if err != nil {
 		return err
 	}
 	defer oldKey.Wipe()
-	newKey, err := keys.OpenFileKey(ctx, v.Provider, newRec, fid)
+	newKey, err := keys.OpenFileKey(ctx, v.Provider(), newRec, fid)
 	if err != nil {
 		return err
 	}
 	defer newKey.Wipe()
-	return content.ReencryptChunk(ctx, v.Store, v.Layout, content.Reencrypt{
+	return content.ReencryptChunk(ctx, v.Store(), v.Layout, content.Reencrypt{
 		Volume: format.ID(v.ID), File: format.ID(row.FileID), Chunk: row.Chunk, To: id, OldKey: oldKey, NewKey: newKey})
 }
 
@@ -381,7 +381,7 @@ func (r *reencryptor) deleteOld(ctx context.Context, names []string) int {
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			if deleteOne(ctx, r.v.Catalog, r.v.Store, meta.PendingDelete{Name: name}, r.opt.Logger) {
+			if deleteOne(ctx, r.v.Catalog(), r.v.Store(), meta.PendingDelete{Name: name}, r.opt.Logger) {
 				mu.Lock()
 				n++
 				mu.Unlock()

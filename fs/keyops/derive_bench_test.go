@@ -38,7 +38,7 @@ func BenchmarkDeriveRotation(b *testing.B) {
 	// Raw: copy every chunk object with the same concurrency, no crypto, no catalog.
 	var objs []string
 	for _, ino := range inos {
-		rows, err := e.v.Catalog.Chunks(ctx, ino, 0, -1)
+		rows, err := e.v.Catalog().Chunks(ctx, ino, 0, -1)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -48,12 +48,12 @@ func BenchmarkDeriveRotation(b *testing.B) {
 	}
 	start := time.Now()
 	striped(b, workers, len(objs), func(i int) error {
-		data, err := e.v.Store.GetRange(ctx, objs[i], 0, -1)
+		data, err := e.v.Store().GetRange(ctx, objs[i], 0, -1)
 		if err == nil {
-			err = e.v.Store.Put(ctx, objs[i]+"x", data)
+			err = e.v.Store().Put(ctx, objs[i]+"x", data)
 		}
 		if err == nil {
-			err = e.v.Store.Delete(ctx, objs[i]+"x")
+			err = e.v.Store().Delete(ctx, objs[i]+"x")
 		}
 		return err
 	})

@@ -69,7 +69,7 @@ func (e *tvol) chunkRows(files []dfile) map[ChunkRef]meta.Chunk {
 	e.t.Helper()
 	out := map[ChunkRef]meta.Chunk{}
 	for _, f := range files {
-		rows, err := e.v.Catalog.Chunks(ctx, f.ino, 0, -1)
+		rows, err := e.v.Catalog().Chunks(ctx, f.ino, 0, -1)
 		if err != nil {
 			e.t.Fatal(err)
 		}
@@ -108,7 +108,7 @@ func (e *tvol) checkRemoteMatches(rows map[ChunkRef]meta.Chunk, when string) {
 	if len(objs) > 0 {
 		e.t.Fatalf("%s: %d objects on the remote that no chunk names: %v", when, len(objs), objs)
 	}
-	if n, err := e.v.Catalog.PendingDeletes(ctx); err != nil || n != 0 {
+	if n, err := e.v.Catalog().PendingDeletes(ctx); err != nil || n != 0 {
 		e.t.Fatalf("%s: %d deletes still queued (%v)", when, n, err)
 	}
 }
@@ -133,7 +133,7 @@ func TestDeriveRotateHSM(t *testing.T) {
 	}
 	salts := map[uint64][]byte{}
 	for _, f := range files {
-		k, err := e.v.Catalog.GetKey(ctx, f.ino)
+		k, err := e.v.Catalog().GetKey(ctx, f.ino)
 		if err != nil || k.Mode != meta.KeyModeDerive {
 			t.Fatalf("key of %s: %+v %v", f.name, k, err)
 		}
@@ -177,17 +177,17 @@ func TestDeriveRotateHSM(t *testing.T) {
 	}
 	e.checkRemoteMatches(after, "after rotation")
 	for _, f := range files {
-		k, _ := e.v.Catalog.GetKey(ctx, f.ino)
+		k, _ := e.v.Catalog().GetKey(ctx, f.ino)
 		if k.Version != 2 || string(k.Salt) != string(salts[f.ino]) {
 			t.Fatalf("record of %s after rotation: version %d, salt kept %v", f.name, k.Version, string(k.Salt) == string(salts[f.ino]))
 		}
 	}
 	e.checkFiles(files, "after rotation")
-	rep, err := VerifyAudit(ctx, e.v.Catalog, e.v.Provider, e.v.ID)
+	rep, err := VerifyAudit(ctx, e.v.Catalog(), e.v.Provider(), e.v.ID)
 	if err != nil || rep.Authenticated != rep.Entries {
 		t.Fatalf("audit after rotation: %+v %v", rep, err)
 	}
-	endEv, ok, err := e.v.Catalog.LastAuditEvent(ctx, eventRotateStart, eventRotateEnd)
+	endEv, ok, err := e.v.Catalog().LastAuditEvent(ctx, eventRotateStart, eventRotateEnd)
 	var detail map[string]any
 	if err != nil || !ok || endEv.Event != eventRotateEnd || json.Unmarshal([]byte(endEv.Detail), &detail) != nil ||
 		detail["reencrypted"] != float64(13) || detail["reencrypted_bytes"] != float64(wantBytes) {
@@ -302,7 +302,7 @@ func TestDeriveRetireRefused(t *testing.T) {
 			mid = f
 		}
 	}
-	rows, err := e.v.Catalog.Chunks(ctx, mid.ino, 1, 2)
+	rows, err := e.v.Catalog().Chunks(ctx, mid.ino, 1, 2)
 	if err != nil || len(rows) != 1 {
 		t.Fatal(rows, err)
 	}

@@ -110,14 +110,14 @@ func (e *tvol) reopen() { e.close(); e.open() }
 func (e *tvol) kekFor(uid uint32) keys.KEKRef {
 	e.t.Helper()
 	if !e.v.PerUser {
-		cur, err := e.v.Catalog.CurrentKEK(ctx, "")
+		cur, err := e.v.Catalog().CurrentKEK(ctx, "")
 		if err != nil {
 			e.t.Fatal(err)
 		}
 		return refOf(cur)
 	}
 	chain := keys.UserChain(uid)
-	cur, err := e.v.Catalog.CurrentKEK(ctx, chain)
+	cur, err := e.v.Catalog().CurrentKEK(ctx, chain)
 	if err == nil {
 		return refOf(cur)
 	}
@@ -146,7 +146,7 @@ func (e *tvol) addFiles(prefix string, n int, uid uint32) []uint64 {
 		fs := make([]nf, m)
 		for i := range fs {
 			rand.Read(fs[i].fid[:])
-			rec, dek, err := keys.NewFileKey(ctx, e.v.Provider, e.v.KeyMode, kek, keys.FileIdentity{Volume: e.v.ID, File: fs[i].fid})
+			rec, dek, err := keys.NewFileKey(ctx, e.v.Provider(), e.v.KeyMode, kek, keys.FileIdentity{Volume: e.v.ID, File: fs[i].fid})
 			if err != nil {
 				e.t.Fatal(err)
 			}
@@ -154,7 +154,7 @@ func (e *tvol) addFiles(prefix string, n int, uid uint32) []uint64 {
 			fs[i].rec = volume.CatalogRecord(rec)
 		}
 		now := time.Now().UnixNano()
-		err := e.v.Catalog.Update(ctx, func(t *meta.Tx) error {
+		err := e.v.Catalog().Update(ctx, func(t *meta.Tx) error {
 			for i := range fs {
 				in, err := t.CreateFile(meta.RootIno, []byte(prefix+strconv.Itoa(done+i)),
 					meta.Inode{Mode: syscall.S_IFREG | 0o644, UID: uid, GID: uid, Atime: now, Mtime: now, Ctime: now, FileID: fs[i].fid}, &fs[i].rec)
@@ -178,7 +178,7 @@ func (e *tvol) writeFile(name string, uid uint32, data []byte) meta.Inode {
 	e.t.Helper()
 	ino := e.addFiles(name, 1, uid)[0]
 	// addFiles names it name+"0"; rename to name.
-	if _, err := e.v.Catalog.Rename(ctx, meta.RootIno, []byte(name+"0"), meta.RootIno, []byte(name), 0, time.Now().UnixNano(), true); err != nil {
+	if _, err := e.v.Catalog().Rename(ctx, meta.RootIno, []byte(name+"0"), meta.RootIno, []byte(name), 0, time.Now().UnixNano(), true); err != nil {
 		e.t.Fatal(err)
 	}
 	s := e.store()
@@ -195,7 +195,7 @@ func (e *tvol) writeFile(name string, uid uint32, data []byte) meta.Inode {
 	f.Flush(ctx)
 	f.Release(ctx)
 	e.closeStore(s)
-	in, err := e.v.Catalog.GetInode(ctx, ino)
+	in, err := e.v.Catalog().GetInode(ctx, ino)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -239,7 +239,7 @@ func (e *tvol) closeStore(s *content.Store) {
 // versions returns "chain/vN:state" for every KEK version in the catalog.
 func (e *tvol) versions() []string {
 	e.t.Helper()
-	keks, err := e.v.Catalog.ListKEKs(ctx)
+	keks, err := e.v.Catalog().ListKEKs(ctx)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -273,7 +273,7 @@ func (e *tvol) tokenVersions() []string {
 // countUsing returns how many key records use chain/version.
 func (e *tvol) countUsing(chain string, version uint32) int64 {
 	e.t.Helper()
-	n, err := e.v.Catalog.CountKeysUsing(ctx, chain, version)
+	n, err := e.v.Catalog().CountKeysUsing(ctx, chain, version)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -326,15 +326,15 @@ func contains(list []string, s string) bool {
 // dekOf opens a file's DEK and returns a copy of its bytes.
 func (e *tvol) dekOf(ino uint64) []byte {
 	e.t.Helper()
-	in, err := e.v.Catalog.GetInode(ctx, ino)
+	in, err := e.v.Catalog().GetInode(ctx, ino)
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	k, err := e.v.Catalog.GetKey(ctx, ino)
+	k, err := e.v.Catalog().GetKey(ctx, ino)
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	d, err := keys.OpenFileKey(ctx, e.v.Provider, volume.RecordOf(k), keys.FileIdentity{Volume: e.v.ID, File: in.FileID})
+	d, err := keys.OpenFileKey(ctx, e.v.Provider(), volume.RecordOf(k), keys.FileIdentity{Volume: e.v.ID, File: in.FileID})
 	if err != nil {
 		e.t.Fatalf("open key of inode %d: %v", ino, err)
 	}

@@ -21,7 +21,7 @@ func refOf(k meta.KEK) keys.KEKRef { return keys.KEKRef{Chain: k.Chain, Version:
 // provider lacks; if the catalog row cannot be written, the version is destroyed in the
 // provider again (a failure to do so is logged on log, or slog's default if nil: nothing
 // uses an unrecorded version). A new
-// version of the volume's chain becomes v.KEK.
+// version of the volume's chain becomes v.KEK().
 func CreateKEKVersion(ctx context.Context, v *volume.Volume, ref keys.KEKRef, actor string, log *slog.Logger) error {
 	return createKEKVersion(ctx, v, ref, actor, log, nil)
 }
@@ -29,16 +29,16 @@ func CreateKEKVersion(ctx context.Context, v *volume.Volume, ref keys.KEKRef, ac
 // createKEKVersion is CreateKEKVersion with a test hook at "kek-created", between the
 // provider call and the catalog row.
 func createKEKVersion(ctx context.Context, v *volume.Volume, ref keys.KEKRef, actor string, log *slog.Logger, hook hookFunc) error {
-	material, err := v.Provider.CreateKEK(ctx, ref)
+	material, err := v.Provider().CreateKEK(ctx, ref)
 	if err != nil {
 		return fmt.Errorf("create KEK %s: %w", ref, err)
 	}
 	if err := hook.at("kek-created"); err != nil {
 		return err
 	}
-	if _, err := v.Catalog.AddKEKVersion(ctx, meta.KEK{Chain: ref.Chain, Version: ref.Version, Material: material,
+	if _, err := v.Catalog().AddKEKVersion(ctx, meta.KEK{Chain: ref.Chain, Version: ref.Version, Material: material,
 		Created: time.Now().UnixNano()}, actor); err != nil {
-		if derr := v.Provider.DestroyKEK(ctx, ref); derr != nil {
+		if derr := v.Provider().DestroyKEK(ctx, ref); derr != nil {
 			if log == nil {
 				log = slog.Default()
 			}
@@ -47,7 +47,7 @@ func createKEKVersion(ctx context.Context, v *volume.Volume, ref keys.KEKRef, ac
 		return fmt.Errorf("record KEK %s: %w", ref, err)
 	}
 	if ref.Chain == "" {
-		v.KEK = ref
+		v.SetKEK(ref)
 	}
 	return nil
 }

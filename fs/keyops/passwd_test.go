@@ -57,11 +57,11 @@ func TestChangePassphrase(t *testing.T) {
 	e.secret = newPass
 	e.open()
 	mustEqualBytes(t, e.dekOf(inos[2]), d, "DEK after passwd")
-	ev, ok, err := e.v.Catalog.LastAuditEvent(ctx, "passphrase.change")
+	ev, ok, err := e.v.Catalog().LastAuditEvent(ctx, "passphrase.change")
 	if err != nil || !ok || !strings.Contains(ev.Detail, `"kek_versions":2`) {
 		t.Fatalf("audit: %+v %v %v", ev, ok, err)
 	}
-	if rep, err := VerifyAudit(ctx, e.v.Catalog, e.v.Provider, e.v.ID); err != nil || rep.Unsealed != 0 {
+	if rep, err := VerifyAudit(ctx, e.v.Catalog(), e.v.Provider(), e.v.ID); err != nil || rep.Unsealed != 0 {
 		t.Fatalf("audit verify: %+v %v", rep, err)
 	}
 	// An HSM volume refuses.

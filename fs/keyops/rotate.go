@@ -157,7 +157,7 @@ func Rotate(ctx context.Context, v *volume.Volume, opt RotateOptions) (res Rotat
 	if opt.Actor == "" {
 		opt.Actor = "rotate"
 	}
-	cat := v.Catalog
+	cat := v.Catalog()
 	sealCurrent(ctx, v, opt.Logger)
 
 	plan, resumed, err := rotationPlan(ctx, v, opt)
@@ -267,7 +267,7 @@ func rewrapAll(ctx context.Context, v *volume.Volume, targets []keys.KEKRef, kek
 			if k.Chain != to.Chain || k.Version == to.Version || k.State == meta.KEKDestroyed {
 				continue
 			}
-			n, err := v.Catalog.CountKeysUsing(ctx, k.Chain, k.Version)
+			n, err := v.Catalog().CountKeysUsing(ctx, k.Chain, k.Version)
 			if err != nil {
 				return err
 			}
@@ -297,7 +297,7 @@ func rewrapAll(ctx context.Context, v *volume.Volume, targets []keys.KEKRef, kek
 
 // rotationPlan returns the plan of an unfinished rotation, or records a new one.
 func rotationPlan(ctx context.Context, v *volume.Volume, opt RotateOptions) (rotatePlan, bool, error) {
-	cat := v.Catalog
+	cat := v.Catalog()
 	var plan rotatePlan
 	last, ok, err := cat.LastAuditEvent(ctx, eventRotateStart, eventRotateEnd)
 	if err != nil {
@@ -334,7 +334,7 @@ func rotationPlan(ctx context.Context, v *volume.Volume, opt RotateOptions) (rot
 		next := top[c] + 1
 		// A version the token holds but the catalog does not know was left by something
 		// else (a newer catalog, another tool): never reuse or destroy it.
-		for v.Kind == meta.ProviderPKCS11 && v.Provider.Load(keys.KEKRef{Chain: c, Version: next}, nil) == nil {
+		for v.Kind == meta.ProviderPKCS11 && v.Provider().Load(keys.KEKRef{Chain: c, Version: next}, nil) == nil {
 			opt.Logger.Warn("rotate: the token holds a KEK version the catalog does not know; leaving it alone",
 				"kek", keys.KEKRef{Chain: c, Version: next}.String())
 			next++
@@ -353,7 +353,7 @@ func rotationPlan(ctx context.Context, v *volume.Volume, opt RotateOptions) (rot
 // the catalog does not hold was never used (records are swapped only after it is recorded),
 // so leftovers of an interrupted creation are destroyed first and it is made anew.
 func createVersion(ctx context.Context, v *volume.Volume, ref keys.KEKRef, opt RotateOptions) error {
-	if err := v.Provider.DestroyKEK(ctx, ref); err != nil && !errors.Is(err, keys.ErrKEKMissing) {
+	if err := v.Provider().DestroyKEK(ctx, ref); err != nil && !errors.Is(err, keys.ErrKEKMissing) {
 		return fmt.Errorf("rotate: clear the unrecorded KEK %s left by an interrupted rotation: %w", ref, err)
 	}
 	if err := createKEKVersion(ctx, v, ref, opt.Actor, opt.Logger, opt.hook); err != nil {
@@ -395,7 +395,7 @@ func (r *rewrapper) drain(ctx context.Context, from, to keys.KEKRef) ([]uint64, 
 		if err != nil {
 			return failed, err
 		}
-		left, err := r.v.Catalog.CountKeysUsing(ctx, from.Chain, from.Version)
+		left, err := r.v.Catalog().CountKeysUsing(ctx, from.Chain, from.Version)
 		if err != nil {
 			return failed, err
 		}
@@ -432,7 +432,7 @@ func (r *rewrapper) pass(ctx context.Context, from, to keys.KEKRef, skip map[uin
 	var after uint64
 	var readErr error
 	for {
-		rows, err := r.v.Catalog.KeysUsing(ctx, from.Chain, from.Version, after, r.opt.BatchSize)
+		rows, err := r.v.Catalog().KeysUsing(ctx, from.Chain, from.Version, after, r.opt.BatchSize)
 		if err != nil {
 			readErr = err
 			break
@@ -498,12 +498,12 @@ func (r *rewrapper) rewrapBatch(ctx context.Context, rows []meta.InoKey, to keys
 				row := rows[i]
 				var nrec keys.Record
 				var err error
-				if r.v.Keys != nil {
+				if r.v.Keys() != nil {
 					// Through the keyring: a DEK it has cached (a live mount) stays a hit.
-					nrec, err = r.v.Keys.Rewrap(ctx, volume.RecordOf(row.Key), row.FileID, to)
+					nrec, err = r.v.Keys().Rewrap(ctx, volume.RecordOf(row.Key), row.FileID, to)
 				} else {
 					id := keys.FileIdentity{Volume: r.v.ID, File: row.FileID}
-					nrec, err = keys.Rewrap(ctx, r.v.Provider, volume.RecordOf(row.Key), id, to)
+					nrec, err = keys.Rewrap(ctx, r.v.Provider(), volume.RecordOf(row.Key), id, to)
 				}
 				if err == nil {
 					b.recs[i] = volume.CatalogRecord(nrec)
@@ -539,7 +539,7 @@ func (r *rewrapper) commit(ctx context.Context, b *rewrapBatch, swapped *int64) 
 			swaps = append(swaps, meta.KeySwap{Ino: row.Ino, Old: row.Key, New: b.recs[i]})
 		}
 	}
-	err := r.v.Catalog.Update(ctx, func(t *meta.Tx) error {
+	err := r.v.Catalog().Update(ctx, func(t *meta.Tx) error {
 		n, lost = 0, 0
 		ok, err := t.SwapKeys(swaps)
 		if err != nil {
@@ -580,7 +580,7 @@ func Retire(ctx context.Context, v *volume.Volume, actor string, log *slog.Logge
 	if log == nil {
 		log = slog.Default()
 	}
-	cat := v.Catalog
+	cat := v.Catalog()
 	keks, err := cat.ListKEKs(ctx)
 	if err != nil {
 		return nil, err
@@ -621,7 +621,7 @@ func Retire(ctx context.Context, v *volume.Volume, actor string, log *slog.Logge
 			from[r.Version] = true
 		}
 	}
-	if _, err := remacAudit(ctx, cat, v.Provider, v.ID, from, refOf(cur), log); err != nil {
+	if _, err := remacAudit(ctx, cat, v.Provider(), v.ID, from, refOf(cur), log); err != nil {
 		return nil, err
 	}
 	if err := destroyVersions(ctx, v, retire, actor, log); err != nil {
@@ -636,7 +636,7 @@ func Retire(ctx context.Context, v *volume.Volume, actor string, log *slog.Logge
 func destroyVersions(ctx context.Context, v *volume.Volume, refs []keys.KEKRef, actor string, log *slog.Logger) error {
 	now := time.Now().UnixNano()
 	if len(refs) > 0 {
-		if err := v.Catalog.Update(ctx, func(t *meta.Tx) error {
+		if err := v.Catalog().Update(ctx, func(t *meta.Tx) error {
 			for _, r := range refs {
 				if err := t.MarkDestroyed(r.Chain, r.Version, now, actor); err != nil {
 					return err
@@ -650,7 +650,7 @@ func destroyVersions(ctx context.Context, v *volume.Volume, refs []keys.KEKRef, 
 	if err := sweepDestroyed(ctx, v, log); err != nil {
 		return err
 	}
-	if err := v.Catalog.PurgeDeleted(ctx); err != nil {
+	if err := v.Catalog().PurgeDeleted(ctx); err != nil {
 		return fmt.Errorf("erase destroyed key material from the catalog files: %w", err)
 	}
 	return nil
@@ -659,7 +659,7 @@ func destroyVersions(ctx context.Context, v *volume.Volume, refs []keys.KEKRef, 
 // sweepDestroyed destroys in the provider every version the catalog calls destroyed that the
 // provider still has.
 func sweepDestroyed(ctx context.Context, v *volume.Volume, log *slog.Logger) error {
-	keks, err := v.Catalog.ListKEKs(ctx)
+	keks, err := v.Catalog().ListKEKs(ctx)
 	if err != nil {
 		return err
 	}
@@ -668,7 +668,7 @@ func sweepDestroyed(ctx context.Context, v *volume.Volume, log *slog.Logger) err
 		if k.State != meta.KEKDestroyed {
 			continue
 		}
-		err := v.Provider.DestroyKEK(ctx, refOf(k))
+		err := v.Provider().DestroyKEK(ctx, refOf(k))
 		switch {
 		case err == nil:
 			if v.Kind == meta.ProviderPKCS11 {
@@ -690,9 +690,9 @@ func sealCurrent(ctx context.Context, v *volume.Volume, log *slog.Logger) {
 	if log == nil {
 		log = slog.Default()
 	}
-	cur, err := v.Catalog.CurrentKEK(ctx, "")
+	cur, err := v.Catalog().CurrentKEK(ctx, "")
 	if err == nil {
-		_, err = SealAudit(ctx, v.Catalog, v.Provider, v.ID, refOf(cur))
+		_, err = SealAudit(ctx, v.Catalog(), v.Provider(), v.ID, refOf(cur))
 	}
 	if err != nil {
 		log.Warn("audit log not sealed", "err", err)

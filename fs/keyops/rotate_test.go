@@ -52,7 +52,7 @@ func TestRotateHSM(t *testing.T) {
 	if tv := e.tokenVersions(); !contains(tv, "volume/v1") || !contains(tv, "u1000/v1") {
 		t.Fatalf("rotation without --retire-old destroyed a version: token holds %v", tv)
 	}
-	rep, err := VerifyAudit(ctx, e.v.Catalog, e.v.Provider, e.v.ID)
+	rep, err := VerifyAudit(ctx, e.v.Catalog(), e.v.Provider(), e.v.ID)
 	if err != nil || rep.Unsealed != 0 || rep.Authenticated != rep.Entries {
 		t.Fatalf("audit after rotate: %+v %v", rep, err)
 	}
@@ -74,14 +74,14 @@ func TestRotateHSM(t *testing.T) {
 	if !contains(tv, "volume/v3") || !contains(tv, "u1000/v3") {
 		t.Fatalf("token lost the current versions: %v", tv)
 	}
-	if err := e.v.Provider.Load(keys.KEKRef{Chain: "u1000", Version: 1}, nil); !errors.Is(err, keys.ErrKEKMissing) {
+	if err := e.v.Provider().Load(keys.KEKRef{Chain: "u1000", Version: 1}, nil); !errors.Is(err, keys.ErrKEKMissing) {
 		t.Fatalf("load of a retired version: %v, want ErrKEKMissing", err)
 	}
 	for _, ino := range sample {
 		mustEqualBytes(t, e.dekOf(ino), deks[ino], "DEK after the second rotation")
 	}
 	// The audit log was re-MACed under v3 before v1 and v2 went, and still verifies.
-	rep, err = VerifyAudit(ctx, e.v.Catalog, e.v.Provider, e.v.ID)
+	rep, err = VerifyAudit(ctx, e.v.Catalog(), e.v.Provider(), e.v.ID)
 	if err != nil || rep.Authenticated != rep.Entries || len(rep.Keys) != 1 || rep.Keys[0].Version != 3 {
 		t.Fatalf("audit after retire: %+v %v", rep, err)
 	}
@@ -148,14 +148,14 @@ func TestRetireRefused(t *testing.T) {
 	e := newVol(t, volOpt{})
 	inos := e.addFiles("f", 30, 0)
 	bad := inos[17]
-	k, err := e.v.Catalog.GetKey(ctx, bad)
+	k, err := e.v.Catalog().GetKey(ctx, bad)
 	if err != nil {
 		t.Fatal(err)
 	}
 	nk := k
 	nk.Wrapped = append([]byte(nil), k.Wrapped...)
 	nk.Wrapped[3] ^= 1
-	if ok, err := e.v.Catalog.SwapKey(ctx, bad, k, nk); !ok || err != nil {
+	if ok, err := e.v.Catalog().SwapKey(ctx, bad, k, nk); !ok || err != nil {
 		t.Fatal(ok, err)
 	}
 	_, err = Rotate(ctx, e.v, RotateOptions{RetireOld: true, Logger: quiet})
@@ -195,14 +195,14 @@ func TestRotatePassphrase(t *testing.T) {
 	e := newVol(t, volOpt{passphrase: true})
 	inos := e.addFiles("f", 40, 0)
 	d := e.dekOf(inos[3])
-	k1, _ := e.v.Catalog.GetKEK(ctx, "", 1)
+	k1, _ := e.v.Catalog().GetKEK(ctx, "", 1)
 	res, err := Rotate(ctx, e.v, RotateOptions{RetireOld: true, Logger: quiet})
 	if err != nil || res.Rewrapped != 40 {
 		t.Fatalf("%+v %v", res, err)
 	}
 	e.reopen()
 	mustEqualBytes(t, e.dekOf(inos[3]), d, "DEK after passphrase rotation")
-	k, _ := e.v.Catalog.GetKEK(ctx, "", 1)
+	k, _ := e.v.Catalog().GetKEK(ctx, "", 1)
 	if k.State != meta.KEKDestroyed || k.Material != nil {
 		t.Fatalf("v1 after retire: %+v", k)
 	}

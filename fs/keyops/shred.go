@@ -101,7 +101,7 @@ func ShredPaths(ctx context.Context, v *volume.Volume, paths []string, opt Shred
 	seen := map[uint64]bool{}
 	var inos []uint64
 	for _, p := range paths {
-		in, err := ResolvePath(ctx, v.Catalog, p)
+		in, err := ResolvePath(ctx, v.Catalog(), p)
 		if err != nil {
 			return res, err
 		}
@@ -136,7 +136,7 @@ func shredInodes(ctx context.Context, v *volume.Volume, inos []uint64, opt Shred
 		now := time.Now().UnixNano()
 		var files, links int
 		vers := map[keys.KEKRef]int{}
-		err := v.Catalog.Update(ctx, func(t *meta.Tx) error {
+		err := v.Catalog().Update(ctx, func(t *meta.Tx) error {
 			files, links = 0, 0
 			clear(vers)
 			for _, ino := range b {
@@ -191,7 +191,7 @@ func finishShred(ctx context.Context, v *volume.Volume, opt ShredOptions, res *S
 	for _, ino := range res.ShreddedInode {
 		gone[ino] = true
 	}
-	ups, err := v.Catalog.ListUploads(ctx, "", 0, 0)
+	ups, err := v.Catalog().ListUploads(ctx, "", 0, 0)
 	if err != nil {
 		return err
 	}
@@ -202,18 +202,18 @@ func finishShred(ctx context.Context, v *volume.Volume, opt ShredOptions, res *S
 		if u.Staging == filepath.Base(u.Staging) && u.Staging != "" && u.Staging != "." && u.Staging != ".." {
 			_ = os.Remove(filepath.Join(opt.StagingDir, u.Staging))
 		}
-		if err := v.Catalog.CompleteUpload(ctx, u.ID); err != nil && !errors.Is(err, syscall.ENOENT) {
+		if err := v.Catalog().CompleteUpload(ctx, u.ID); err != nil && !errors.Is(err, syscall.ENOENT) {
 			return err
 		}
 		res.StagingFreed++
 	}
-	if err := v.Catalog.PurgeDeleted(ctx); err != nil {
+	if err := v.Catalog().PurgeDeleted(ctx); err != nil {
 		return fmt.Errorf("shred: erase the key records from the catalog files: %w", err)
 	}
-	if res.Queued, err = v.Catalog.PendingDeletes(ctx); err != nil {
+	if res.Queued, err = v.Catalog().PendingDeletes(ctx); err != nil {
 		return err
 	}
-	res.Deleted, res.DeleteFailed = DrainDeletes(ctx, v.Catalog, v.Store, opt.Logger)
+	res.Deleted, res.DeleteFailed = DrainDeletes(ctx, v.Catalog(), v.Store(), opt.Logger)
 	sealCurrent(ctx, v, opt.Logger)
 	return nil
 }
@@ -308,7 +308,7 @@ func ShredUser(ctx context.Context, v *volume.Volume, uid uint32, opt ShredOptio
 	}
 	sealCurrent(ctx, v, opt.Logger)
 	chain := keys.UserChain(uid)
-	keks, err := v.Catalog.ListKEKs(ctx)
+	keks, err := v.Catalog().ListKEKs(ctx)
 	if err != nil {
 		return res, err
 	}
@@ -334,7 +334,7 @@ func ShredUser(ctx context.Context, v *volume.Volume, uid uint32, opt ShredOptio
 	for _, k := range versions {
 		var after uint64
 		for {
-			rows, err := v.Catalog.KeysUsing(ctx, chain, k.Version, after, 10000)
+			rows, err := v.Catalog().KeysUsing(ctx, chain, k.Version, after, 10000)
 			if err != nil {
 				return res, err
 			}
@@ -349,13 +349,13 @@ func ShredUser(ctx context.Context, v *volume.Volume, uid uint32, opt ShredOptio
 	}
 	var after uint64
 	for {
-		owned, err := v.Catalog.RegularFilesOwnedBy(ctx, uid, after, 10000)
+		owned, err := v.Catalog().RegularFilesOwnedBy(ctx, uid, after, 10000)
 		if err != nil {
 			return res, err
 		}
 		for _, ino := range owned {
 			if !set[ino] {
-				k, err := v.Catalog.GetKey(ctx, ino)
+				k, err := v.Catalog().GetKey(ctx, ino)
 				if err == nil && k.Chain != chain {
 					res.OtherChains++
 				}
@@ -369,7 +369,7 @@ func ShredUser(ctx context.Context, v *volume.Volume, uid uint32, opt ShredOptio
 	}
 
 	detail := fmt.Sprintf(`{"uid":%d,"chain":%q,"files":%d,"versions":%d}`, uid, chain, len(inos), len(live))
-	if _, err := v.Catalog.AppendAudit(ctx, meta.AuditEvent{Time: time.Now().UnixNano(), Event: "user.shred", Actor: opt.Actor, Detail: detail}); err != nil {
+	if _, err := v.Catalog().AppendAudit(ctx, meta.AuditEvent{Time: time.Now().UnixNano(), Event: "user.shred", Actor: opt.Actor, Detail: detail}); err != nil {
 		return res, err
 	}
 	// Keys first: once they are gone the files are unrecoverable, whatever happens next.
@@ -395,7 +395,7 @@ func ShredUser(ctx context.Context, v *volume.Volume, uid uint32, opt ShredOptio
 // them) and the volume can no longer be opened.
 func ShredVolume(ctx context.Context, v *volume.Volume, opt ShredOptions) ([]keys.KEKRef, error) {
 	opt.defaults(v)
-	keks, err := v.Catalog.ListKEKs(ctx)
+	keks, err := v.Catalog().ListKEKs(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -406,7 +406,7 @@ func ShredVolume(ctx context.Context, v *volume.Volume, opt ShredOptions) ([]key
 		}
 	}
 	detail := fmt.Sprintf(`{"volume_id":%q,"versions":%d}`, v.IDString(), len(live))
-	if _, err := v.Catalog.AppendAudit(ctx, meta.AuditEvent{Time: time.Now().UnixNano(), Event: "volume.shred", Actor: opt.Actor, Detail: detail}); err != nil {
+	if _, err := v.Catalog().AppendAudit(ctx, meta.AuditEvent{Time: time.Now().UnixNano(), Event: "volume.shred", Actor: opt.Actor, Detail: detail}); err != nil {
 		return nil, err
 	}
 	sealCurrent(ctx, v, opt.Logger)

@@ -51,18 +51,18 @@ func TestShredProof(t *testing.T) {
 	b := e.writeFile("b", 0, dataB)
 	e.addFiles("other", 20, 0)
 	now := time.Now().UnixNano()
-	docs, err := e.v.Catalog.Mkdir(ctx, meta.RootIno, []byte("docs"), meta.Inode{Mode: syscall.S_IFDIR | 0o755, Atime: now, Mtime: now, Ctime: now})
+	docs, err := e.v.Catalog().Mkdir(ctx, meta.RootIno, []byte("docs"), meta.Inode{Mode: syscall.S_IFDIR | 0o755, Atime: now, Mtime: now, Ctime: now})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.v.Catalog.Link(ctx, a.Ino, docs.Ino, []byte("a-link"), now); err != nil {
+	if _, err := e.v.Catalog().Link(ctx, a.Ino, docs.Ino, []byte("a-link"), now); err != nil {
 		t.Fatal(err)
 	}
-	oldKey, err := e.v.Catalog.GetKey(ctx, a.Ino)
+	oldKey, err := e.v.Catalog().GetKey(ctx, a.Ino)
 	if err != nil {
 		t.Fatal(err)
 	}
-	chunks, err := e.v.Catalog.Chunks(ctx, a.Ino, 0, -1)
+	chunks, err := e.v.Catalog().Chunks(ctx, a.Ino, 0, -1)
 	if err != nil || len(chunks) < 2 {
 		t.Fatalf("file a has %d chunks (%v), want several", len(chunks), err)
 	}
@@ -71,7 +71,7 @@ func TestShredProof(t *testing.T) {
 	}
 
 	// The thief's copies: catalog.db (checkpointed, so it holds everything) and a's objects.
-	if err := e.v.Catalog.PurgeDeleted(ctx); err != nil {
+	if err := e.v.Catalog().PurgeDeleted(ctx); err != nil {
 		t.Fatal(err)
 	}
 	backup := filepath.Join(e.dir, "backup")
@@ -98,11 +98,11 @@ func TestShredProof(t *testing.T) {
 		t.Fatal("the shredded wrapped key is still in catalog.db or catalog.db-wal")
 	}
 	for _, p := range []string{"/a", "/docs/a-link"} {
-		if _, err := ResolvePath(ctx, e.v.Catalog, p); err == nil {
+		if _, err := ResolvePath(ctx, e.v.Catalog(), p); err == nil {
 			t.Errorf("%s still exists", p)
 		}
 	}
-	if _, err := e.v.Catalog.GetInode(ctx, a.Ino); !errors.Is(err, syscall.ENOENT) {
+	if _, err := e.v.Catalog().GetInode(ctx, a.Ino); !errors.Is(err, syscall.ENOENT) {
 		t.Errorf("inode of a: %v, want ENOENT", err)
 	}
 	for p := range objs {
@@ -110,7 +110,7 @@ func TestShredProof(t *testing.T) {
 			t.Errorf("object %s still on the remote", p)
 		}
 	}
-	if n, _ := e.v.Catalog.PendingDeletes(ctx); n != 0 {
+	if n, _ := e.v.Catalog().PendingDeletes(ctx); n != 0 {
 		t.Errorf("%d deletions still queued", n)
 	}
 	got, err := e.readFile(b.Ino)
@@ -130,7 +130,7 @@ func TestShredProof(t *testing.T) {
 		t.Fatal(err)
 	}
 	id := keys.FileIdentity{Volume: e.v.ID, File: a.FileID}
-	dek, err := keys.OpenFileKey(ctx, e.v.Provider, volume.RecordOf(oldRec), id)
+	dek, err := keys.OpenFileKey(ctx, e.v.Provider(), volume.RecordOf(oldRec), id)
 	if err != nil {
 		t.Fatalf("before --now the old copy's key should still open: %v", err)
 	}
@@ -151,7 +151,7 @@ func TestShredProof(t *testing.T) {
 	for p, bk := range objs {
 		copyFile(t, bk, p)
 	}
-	if _, err := keys.OpenFileKey(ctx, e.v.Provider, volume.RecordOf(oldRec), id); !errors.Is(err, keys.ErrKEKMissing) {
+	if _, err := keys.OpenFileKey(ctx, e.v.Provider(), volume.RecordOf(oldRec), id); !errors.Is(err, keys.ErrKEKMissing) {
 		t.Fatalf("old copy's key after shred --now: %v, want ErrKEKMissing", err)
 	}
 	// (Opening a volume rebuilt from the old copy fails the same way: the CLI test
@@ -170,7 +170,7 @@ func TestShredPathErrors(t *testing.T) {
 	e := newVol(t, volOpt{passphrase: true})
 	inos := e.addFiles("f", 2, 0)
 	now := time.Now().UnixNano()
-	if _, err := e.v.Catalog.Mkdir(ctx, meta.RootIno, []byte("d"), meta.Inode{Mode: syscall.S_IFDIR | 0o755, Atime: now, Mtime: now, Ctime: now}); err != nil {
+	if _, err := e.v.Catalog().Mkdir(ctx, meta.RootIno, []byte("d"), meta.Inode{Mode: syscall.S_IFDIR | 0o755, Atime: now, Mtime: now, Ctime: now}); err != nil {
 		t.Fatal(err)
 	}
 	for path, want := range map[string]string{"/nope": "not found", "/d": "is a directory", "/f0/x": "not found", "/../f0": "not allowed"} {
@@ -179,7 +179,7 @@ func TestShredPathErrors(t *testing.T) {
 			t.Errorf("shred %s: %v, want %q", path, err, want)
 		}
 	}
-	if _, err := e.v.Catalog.GetKey(ctx, inos[0]); err != nil {
+	if _, err := e.v.Catalog().GetKey(ctx, inos[0]); err != nil {
 		t.Fatalf("a refused shred touched /f0: %v", err)
 	}
 }
@@ -193,7 +193,7 @@ func TestShredUser(t *testing.T) {
 	theirs := pattern(4, 25000)
 	other := e.writeFile("theirs", 2000, theirs)
 	now := time.Now().UnixNano()
-	if _, err := e.v.Catalog.Link(ctx, mine.Ino, meta.RootIno, []byte("mine-link"), now); err != nil {
+	if _, err := e.v.Catalog().Link(ctx, mine.Ino, meta.RootIno, []byte("mine-link"), now); err != nil {
 		t.Fatal(err)
 	}
 	// A second version of u1000, so "all versions" means something.
@@ -221,7 +221,7 @@ func TestShredUser(t *testing.T) {
 		t.Errorf("objects on the remote: %d before, %d after", objsBefore, n)
 	}
 	for _, p := range []string{"/mine", "/mine-link", "/m0"} {
-		if _, err := ResolvePath(ctx, e.v.Catalog, p); err == nil {
+		if _, err := ResolvePath(ctx, e.v.Catalog(), p); err == nil {
 			t.Errorf("%s survived", p)
 		}
 	}
@@ -235,7 +235,7 @@ func TestShredUser(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.reopen()
-	if rep, err := VerifyAudit(ctx, e.v.Catalog, e.v.Provider, e.v.ID); err != nil || rep.Unsealed != 0 {
+	if rep, err := VerifyAudit(ctx, e.v.Catalog(), e.v.Provider(), e.v.ID); err != nil || rep.Unsealed != 0 {
 		t.Fatalf("audit: %+v %v", rep, err)
 	}
 	// uid 1000's next file gets a fresh version above the destroyed ones (the fs does this).

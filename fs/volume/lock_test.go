@@ -22,20 +22,20 @@ func lockRoundTrip(t *testing.T, v *Volume, secret, wrong []byte, wrongErr error
 	ctx := context.Background()
 	// A second KEK version, as rotation would make it.
 	v2 := keys.KEKRef{Version: 2}
-	material, err := v.Provider.CreateKEK(ctx, v2)
+	material, err := v.Provider().CreateKEK(ctx, v2)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := v.Catalog.AddKEKVersion(ctx, meta.KEK{Version: 2, Material: material, Created: time.Now().UnixNano()}, "test"); err != nil {
+	if _, err := v.Catalog().AddKEKVersion(ctx, meta.KEK{Version: 2, Material: material, Created: time.Now().UnixNano()}, "test"); err != nil {
 		t.Fatal(err)
 	}
 	var f1, f2 [16]byte
 	f1[0], f2[0] = 1, 2
-	rec1, d1, err := v.Keys.NewFileKey(ctx, v.KeyMode, v.KEK, f1)
+	rec1, d1, err := v.Keys().NewFileKey(ctx, v.KeyMode, v.KEK(), f1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	rec2, d2, err := v.Keys.NewFileKey(ctx, v.KeyMode, v2, f2)
+	rec2, d2, err := v.Keys().NewFileKey(ctx, v.KeyMode, v2, f2)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,14 +52,14 @@ func lockRoundTrip(t *testing.T, v *Volume, secret, wrong []byte, wrongErr error
 	if !v.Locked() {
 		t.Fatal("not locked after Lock")
 	}
-	if _, err := v.Keys.FileKey(ctx, rec1, f1); !errors.Is(err, keys.ErrLocked) {
+	if _, err := v.Keys().FileKey(ctx, rec1, f1); !errors.Is(err, keys.ErrLocked) {
 		t.Fatalf("FileKey while locked: %v", err)
 	}
-	if _, err := v.Provider.MAC(ctx, v.KEK, []byte("x")); !errors.Is(err, keys.ErrLocked) {
+	if _, err := v.Provider().MAC(ctx, v.KEK(), []byte("x")); !errors.Is(err, keys.ErrLocked) {
 		t.Fatalf("Provider while locked: %v", err)
 	}
 	// The catalog still answers (metadata keeps working).
-	if _, err := v.Catalog.Volume(ctx); err != nil {
+	if _, err := v.Catalog().Volume(ctx); err != nil {
 		t.Fatalf("catalog while locked: %v", err)
 	}
 
@@ -73,7 +73,7 @@ func lockRoundTrip(t *testing.T, v *Volume, secret, wrong []byte, wrongErr error
 	if !v.Locked() {
 		t.Fatal("a wrong secret unlocked the volume")
 	}
-	if _, err := v.Keys.FileKey(ctx, rec1, f1); !errors.Is(err, keys.ErrLocked) {
+	if _, err := v.Keys().FileKey(ctx, rec1, f1); !errors.Is(err, keys.ErrLocked) {
 		t.Fatalf("FileKey after a failed unlock: %v", err)
 	}
 	if err := v.Unlock(ctx, nil); err == nil || !v.Locked() {
@@ -91,7 +91,7 @@ func lockRoundTrip(t *testing.T, v *Volume, secret, wrong []byte, wrongErr error
 		file [16]byte
 		want []byte
 	}{{rec1, f1, want1}, {rec2, f2, want2}} {
-		got, err := v.Keys.FileKey(ctx, c.rec, c.file)
+		got, err := v.Keys().FileKey(ctx, c.rec, c.file)
 		if err != nil {
 			t.Fatalf("FileKey (KEK %s) after unlock: %v", c.rec.KEK, err)
 		}
@@ -100,7 +100,7 @@ func lockRoundTrip(t *testing.T, v *Volume, secret, wrong []byte, wrongErr error
 		}
 		got.Wipe()
 	}
-	if err := SelfTest(ctx, v.Provider, v.KeyMode, v2, v.ID); err != nil {
+	if err := SelfTest(ctx, v.Provider(), v.KeyMode, v2, v.ID); err != nil {
 		t.Fatalf("provider after unlock: %v", err)
 	}
 	// Unlock of an unlocked volume is a no-op (the secret is not even looked at).
@@ -147,7 +147,7 @@ func TestLockUnlockHSM(t *testing.T) {
 		for i := range 1000 {
 			var f [16]byte
 			f[0], f[1], f[2] = byte(i), byte(i>>8), 0xF0
-			_, d, err := v.Keys.NewFileKey(ctx, v.KeyMode, v.KEK, f)
+			_, d, err := v.Keys().NewFileKey(ctx, v.KeyMode, v.KEK(), f)
 			if err != nil {
 				t.Fatal(err)
 			}

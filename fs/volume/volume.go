@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"coffer/crypto/format"
@@ -334,17 +335,64 @@ func moveCatalog(from, to string) error {
 }
 
 // Volume is an open volume: the catalog (open for writing: one owner at a time), the
-// provider with every live KEK version loaded, a keyring with a DEK cache, and the store.
+// provider with every live KEK version loaded, a keyring with a DEK cache, and the object
+// store. Its parts are set by Open and never replaced; the one thing that changes while it
+// is open, the current KEK version, changes only through SetKEK.
 type Volume struct {
-	Summary
-	StateDir string
-	Catalog  *meta.Catalog
-	// Provider is Keys.Provider(): it forwards to the current provider, so it stays valid
-	// across Lock and Unlock (failing with keys.ErrLocked in between).
-	Provider keys.Provider
-	Keys     *keys.Keyring
-	Store    remote.Store
+	// What the catalog says of the volume; fixed while it is open.
+	ID       [16]byte
+	Remote   string // redacted
+	Kind     string // meta.ProviderPKCS11 or meta.ProviderPassphrase
+	KeyMode  keys.Mode
+	Layout   format.Layout
 	PerUser  bool
+	StateDir string
+
+	catalog  *meta.Catalog
+	provider keys.Provider
+	keyring  *keys.Keyring
+	store    remote.Store
+
+	kekMu sync.Mutex
+	kek   keys.KEKRef // the volume chain's current version
+}
+
+// Catalog is the volume's catalog.
+func (v *Volume) Catalog() *meta.Catalog { return v.catalog }
+
+// Provider is the keyring's provider: it forwards to the current provider, so it stays
+// valid across Lock and Unlock (failing with keys.ErrLocked in between).
+func (v *Volume) Provider() keys.Provider { return v.provider }
+
+// Keys is the volume's keyring (DEK cache, lock and unlock).
+func (v *Volume) Keys() *keys.Keyring { return v.keyring }
+
+// Store is the volume's object store (with the decorators OpenOptions.WrapStore added).
+func (v *Volume) Store() remote.Store { return v.store }
+
+// KEK is the volume chain's current KEK version, as this process last set it (Open, or
+// SetKEK by a rotation). A daemon whose catalog another goroutine may change reads the
+// catalog instead when it must be exact.
+func (v *Volume) KEK() keys.KEKRef {
+	v.kekMu.Lock()
+	defer v.kekMu.Unlock()
+	return v.kek
+}
+
+// SetKEK makes ref the volume chain's current version (after it is recorded in the
+// catalog).
+func (v *Volume) SetKEK(ref keys.KEKRef) {
+	v.kekMu.Lock()
+	v.kek = ref
+	v.kekMu.Unlock()
+}
+
+// IDString is the volume id as printed everywhere (hex).
+func (v *Volume) IDString() string { return hex.EncodeToString(v.ID[:]) }
+
+// Summary describes the open volume.
+func (v *Volume) Summary() Summary {
+	return Summary{ID: v.ID, Remote: v.Remote, Kind: v.Kind, KeyMode: v.KeyMode, KEK: v.KEK(), Layout: v.Layout}
 }
 
 // OpenOptions tune Open.
@@ -354,6 +402,9 @@ type OpenOptions struct {
 	DEKCacheMax int           // default 10,000 keys
 	Remote      remote.Options
 	ReadOnly    bool // open the catalog read-only (status, fsck without repair)
+	// WrapStore, if set, decorates the object store once it is open (the daemon's disk
+	// cache; tests inject faults). An error fails Open.
+	WrapStore func(remote.Store) (remote.Store, error)
 }
 
 // Open opens the volume in stateDir with the PIN or passphrase in secret (not kept). It
@@ -373,7 +424,7 @@ func Open(ctx context.Context, stateDir string, secret []byte, opt OpenOptions) 
 	if err != nil {
 		return nil, fmt.Errorf("open volume in %s: %w", stateDir, err)
 	}
-	v = &Volume{StateDir: stateDir, Catalog: cat}
+	v = &Volume{StateDir: stateDir, catalog: cat}
 	defer func() {
 		if err != nil {
 			v.Close(context.WithoutCancel(ctx))
@@ -393,12 +444,12 @@ func Open(ctx context.Context, stateDir string, secret []byte, opt OpenOptions) 
 	if err != nil {
 		return v, err
 	}
-	v.Provider = prov // wiped by Close if Open fails before the keyring owns it
+	v.provider = prov // wiped by Close if Open fails before the keyring owns it
 	cur, err := cat.CurrentKEK(ctx, "")
 	if err != nil {
 		return v, fmt.Errorf("current volume KEK: %w", err)
 	}
-	v.KEK = keys.KEKRef{Chain: cur.Chain, Version: cur.Version}
+	v.kek = keys.KEKRef{Chain: cur.Chain, Version: cur.Version}
 	ttl, max := opt.DEKCacheTTL, opt.DEKCacheMax
 	if ttl <= 0 {
 		ttl = 10 * time.Minute
@@ -406,16 +457,22 @@ func Open(ctx context.Context, stateDir string, secret []byte, opt OpenOptions) 
 	if max <= 0 {
 		max = 10000
 	}
-	v.Keys = keys.NewKeyring(prov, mv.ID, keys.NewCache(ttl, max))
+	v.keyring = keys.NewKeyring(prov, mv.ID, keys.NewCache(ttl, max))
 	// The keyring's Provider stays valid across Lock and Unlock (a new provider behind it).
-	v.Provider = v.Keys.Provider()
+	v.provider = v.keyring.Provider()
 	ropt := opt.Remote
 	if ropt.Logger == nil {
 		ropt.Logger = log
 	}
-	v.Store, err = remote.Open(ctx, mv.Remote, ropt)
-	if err != nil {
+	if v.store, err = remote.Open(ctx, mv.Remote, ropt); err != nil {
 		return v, err
+	}
+	if opt.WrapStore != nil {
+		wrapped, err := opt.WrapStore(v.store)
+		if err != nil {
+			return v, err
+		}
+		v.store = wrapped
 	}
 	return v, nil
 }
@@ -477,14 +534,14 @@ func openProvider(ctx context.Context, cat *meta.Catalog, mv meta.Volume, secret
 // wipes them (fusefront.FS.Lock does both). The volume is locked even if Lock returns an error (an
 // HSM that did not close its sessions in time).
 func (v *Volume) Lock() error {
-	if err := v.Keys.Lock(); err != nil {
+	if err := v.keyring.Lock(); err != nil {
 		return fmt.Errorf("lock volume: %w", err)
 	}
 	return nil
 }
 
 // Locked reports whether the volume's keys are locked.
-func (v *Volume) Locked() bool { return v.Keys.Locked() }
+func (v *Volume) Locked() bool { return v.keyring.Locked() }
 
 // Unlock opens a new provider exactly as Open does (HSM login with the PIN, or the
 // passphrase through Argon2id), loads every KEK version the catalog has not destroyed and
@@ -495,15 +552,15 @@ func (v *Volume) Unlock(ctx context.Context, secret []byte) error {
 	if !v.Locked() {
 		return nil
 	}
-	mv, err := v.Catalog.Volume(ctx)
+	mv, err := v.catalog.Volume(ctx)
 	if err != nil {
 		return fmt.Errorf("unlock volume: %w", err)
 	}
-	p, err := openProvider(ctx, v.Catalog, mv, secret)
+	p, err := openProvider(ctx, v.catalog, mv, secret)
 	if err != nil {
 		return fmt.Errorf("unlock volume: %w", err)
 	}
-	if err := v.Keys.Unlock(p); err != nil {
+	if err := v.keyring.Unlock(p); err != nil {
 		return fmt.Errorf("unlock volume: %w", err)
 	}
 	return nil
@@ -512,16 +569,16 @@ func (v *Volume) Unlock(ctx context.Context, secret []byte) error {
 // Close wipes every key (cache, provider sessions) and closes the store and the catalog.
 func (v *Volume) Close(ctx context.Context) error {
 	var errs []error
-	if v.Keys != nil {
-		errs = append(errs, v.Keys.Wipe())
-	} else if v.Provider != nil {
-		errs = append(errs, v.Provider.Wipe())
+	if v.keyring != nil {
+		errs = append(errs, v.keyring.Wipe())
+	} else if v.provider != nil {
+		errs = append(errs, v.provider.Wipe())
 	}
-	if v.Store != nil {
-		errs = append(errs, v.Store.Close(ctx))
+	if v.store != nil {
+		errs = append(errs, v.store.Close(ctx))
 	}
-	if v.Catalog != nil {
-		errs = append(errs, v.Catalog.Close())
+	if v.catalog != nil {
+		errs = append(errs, v.catalog.Close())
 	}
 	return errors.Join(errs...)
 }

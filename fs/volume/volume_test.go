@@ -49,8 +49,8 @@ func TestCreateOpenPassphrase(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if v.ID != sum.ID || v.KEK != sum.KEK || v.Layout != format.DefaultLayout {
-		t.Fatalf("opened %+v, created %+v", v.Summary, sum)
+	if v.ID != sum.ID || v.KEK() != sum.KEK || v.Layout != format.DefaultLayout {
+		t.Fatalf("opened %+v, created %+v", v.Summary(), sum)
 	}
 	// A second owner of the same catalog is refused while the first is open.
 	if _, err := Open(ctx, filepath.Join(dir, "state"), pass, OpenOptions{}); err == nil {
@@ -59,7 +59,7 @@ func TestCreateOpenPassphrase(t *testing.T) {
 	// The keyring works end to end: a file key made now opens after a reopen.
 	var file [16]byte
 	file[0] = 7
-	rec, dek, err := v.Keys.NewFileKey(ctx, v.KeyMode, v.KEK, file)
+	rec, dek, err := v.Keys().NewFileKey(ctx, v.KeyMode, v.KEK(), file)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,7 +73,7 @@ func TestCreateOpenPassphrase(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer v.Close(ctx)
-	got, err := v.Keys.FileKey(ctx, rec, file)
+	got, err := v.Keys().FileKey(ctx, rec, file)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -81,7 +81,7 @@ func TestCreateOpenPassphrase(t *testing.T) {
 	if !bytes.Equal(got.Bytes(), want) {
 		t.Fatal("file key changed across a reopen")
 	}
-	if _, err := v.Store.Stat(ctx, MarkerName); err != nil {
+	if _, err := v.Store().Stat(ctx, MarkerName); err != nil {
 		t.Fatalf("marker: %v", err)
 	}
 }
@@ -102,9 +102,9 @@ func TestCreateOpenHSM(t *testing.T) {
 	}
 	defer v.Close(ctx)
 	if v.KeyMode != keys.ModeDerive || v.Layout.BlockSize != 4096 {
-		t.Fatalf("opened %+v", v.Summary)
+		t.Fatalf("opened %+v", v.Summary())
 	}
-	if err := SelfTest(ctx, v.Provider, v.KeyMode, v.KEK, v.ID); err != nil {
+	if err := SelfTest(ctx, v.Provider(), v.KeyMode, v.KEK(), v.ID); err != nil {
 		t.Fatal(err)
 	}
 }

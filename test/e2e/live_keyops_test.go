@@ -393,12 +393,12 @@ func (v *Volume) populateOffline(t *testing.T, n int) {
 		fs := make([]file, k)
 		for i := range fs {
 			rand.Read(fs[i].id[:])
-			rec, dek, err := keys.NewFileKey(ctx, vol.Provider, keys.ModeWrap, vol.KEK, keys.FileIdentity{Volume: vol.ID, File: fs[i].id})
+			rec, dek, err := keys.NewFileKey(ctx, vol.Provider(), keys.ModeWrap, vol.KEK(), keys.FileIdentity{Volume: vol.ID, File: fs[i].id})
 			must(t, "new file key", err)
 			dek.Wipe()
 			fs[i].rec = volume.CatalogRecord(rec)
 		}
-		err := vol.Catalog.Update(ctx, func(tx *meta.Tx) error {
+		err := vol.Catalog().Update(ctx, func(tx *meta.Tx) error {
 			for i := range fs {
 				_, err := tx.CreateFile(meta.RootIno, []byte(fmt.Sprintf("bulk-%07d", done+i)),
 					meta.Inode{Mode: syscall.S_IFREG | 0o644, Ctime: time.Now().UnixNano(), FileID: fs[i].id}, &fs[i].rec)
