@@ -35,7 +35,7 @@ type chunk struct {
 	// the object that upload commits is valid only below it.
 	cut int64
 
-	// upload scheduling, under Store.schedMu
+	// upload scheduling, under DataPath.schedMu
 	dueAt      time.Time
 	firstDirty time.Time
 	queued     bool // handed to (or held by) an uploader

@@ -12,7 +12,7 @@ import (
 
 const deleteBatch = 64
 
-func (s *Store) kickDeleter() {
+func (s *DataPath) kickDeleter() {
 	select {
 	case s.delKick <- struct{}{}:
 	default:
@@ -22,7 +22,7 @@ func (s *Store) kickDeleter() {
 // deleter drains the catalog's durable delete queue: replaced and dropped
 // chunk objects (and any other name queued), each once it is due; failures
 // are retried with backoff through DeleteFailed.
-func (s *Store) deleter() {
+func (s *DataPath) deleter() {
 	defer s.wg.Done()
 	t := time.NewTimer(0)
 	defer t.Stop()
@@ -54,7 +54,7 @@ func remoteName(n string) (string, bool) {
 }
 
 // drainDeletes deletes one batch of due objects and returns its size.
-func (s *Store) drainDeletes() int {
+func (s *DataPath) drainDeletes() int {
 	ctx := s.bg
 	ds, err := s.cat.NextDeletes(ctx, time.Now().UnixNano(), deleteBatch)
 	if err != nil {
@@ -91,7 +91,7 @@ func (s *Store) drainDeletes() int {
 
 // deleteOne deletes one queued object; true when it is gone (the caller takes
 // it off the queue).
-func (s *Store) deleteOne(d meta.PendingDelete) bool {
+func (s *DataPath) deleteOne(d meta.PendingDelete) bool {
 	ctx := s.bg
 	name, ok := remoteName(d.Name)
 	if !ok {

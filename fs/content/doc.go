@@ -6,7 +6,7 @@
 // GET of exactly the sealed blocks needed, each authenticated against the
 // binding the catalog gives (volume, file, object, block index, last-block
 // flag). Sequential reads prefetch the next window concurrently, under the
-// store's own context. A failed authentication, a missing or short object
+// data path's own context. A failed authentication, a missing or short object
 // is EIO and an ERROR log line naming the object and the inode; never data.
 //
 // Writes land in per-chunk staging files that hold ciphertext only

@@ -36,7 +36,7 @@ type keyring interface {
 // only leaf locks before it finishes them (keyMu, then the keyring and its
 // provider; see claimPrefetch).
 type File struct {
-	s   *Store
+	s   *DataPath
 	ino uint64
 
 	ready   chan struct{} // closed once loaded
@@ -88,7 +88,7 @@ type File struct {
 	raAhead int64 // prefetched (or being prefetched) up to here
 }
 
-func newFile(s *Store, ino uint64) *File {
+func newFile(s *DataPath, ino uint64) *File {
 	return &File{s: s, ino: ino, ready: make(chan struct{}), chunks: make(map[int64]*chunk)}
 }
 
@@ -489,7 +489,7 @@ func itoa(n uint64) string {
 
 // waitUploaded waits until every target's generation is committed (or its
 // chunk was dropped), or ctx ends (EIO, naming the last upload error).
-func (s *Store) waitUploaded(ctx context.Context, targets []syncTarget, what string) error {
+func (s *DataPath) waitUploaded(ctx context.Context, targets []syncTarget, what string) error {
 	for _, t := range targets {
 		s.expedite(t.c)
 	}

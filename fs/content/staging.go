@@ -139,7 +139,7 @@ func putSlotBuf(p *[]byte) { slotPool.Put(p) }
 // createStaging makes the staging file of chunk c and records it in the
 // catalog's upload queue, so a crash leaves a findable trail. Called with
 // c.mu held.
-func (s *Store) createStaging(ctx context.Context, c *chunk, hdr stagingHeader) (*staging, error) {
+func (s *DataPath) createStaging(ctx context.Context, c *chunk, hdr stagingHeader) (*staging, error) {
 	f := c.f
 	id, err := format.NewID()
 	if err != nil {
@@ -329,7 +329,7 @@ func (st *staging) close() {
 // openStaging opens an existing staging file for chunk c (recovery) and
 // scans its slots: slots that do not open (a write torn by a crash, or
 // tampering) are reported and forgotten.
-func (s *Store) openStaging(c *chunk, u meta.Upload) (*staging, error) {
+func (s *DataPath) openStaging(c *chunk, u meta.Upload) (*staging, error) {
 	f := c.f
 	id, err := parseStagingName(u.Staging)
 	if err != nil {

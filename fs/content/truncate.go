@@ -18,7 +18,7 @@ import (
 // not it is open: bytes past the new end are gone, a grown file reads as
 // zeros there. The new size and mtime are committed to the catalog (not
 // durably). The node layer must not also pass the size to meta.SetAttr.
-func (s *Store) Truncate(ctx context.Context, ino uint64, size int64) error {
+func (s *DataPath) Truncate(ctx context.Context, ino uint64, size int64) error {
 	f, err := s.acquire(ctx, ino, false)
 	if err != nil {
 		return err
@@ -354,7 +354,7 @@ func (f *File) dataExtents(ctx context.Context, from, size int64) ([][2]int64, e
 // its staged data and pending uploads are dropped and its keys wiped. An
 // upload already running puts an object nobody refers to, which is queued
 // for deletion. Call it before meta.Catalog.Reap.
-func (s *Store) Discard(ctx context.Context, ino uint64) error {
+func (s *DataPath) Discard(ctx context.Context, ino uint64) error {
 	s.mu.Lock()
 	f := s.files[ino]
 	s.mu.Unlock()
@@ -409,7 +409,7 @@ func (s *Store) Discard(ctx context.Context, ino uint64) error {
 
 // discardRows removes queue rows (and their staging files) of ino that no
 // live chunk holds (an inode never opened since the last mount).
-func (s *Store) discardRows(ctx context.Context, ino uint64) error {
+func (s *DataPath) discardRows(ctx context.Context, ino uint64) error {
 	ups, err := s.cat.UploadsOf(ctx, ino)
 	if err != nil {
 		return metaErr(err, "discard inode %d", ino)

@@ -18,7 +18,7 @@ import (
 // touched records that chunk c has new staged content: it uploads once it
 // has been idle for DirtyDelay (or at most 4 DirtyDelays after it first got
 // dirty, so a chunk written without pause still goes out). c.mu is held.
-func (s *Store) touched(c *chunk) {
+func (s *DataPath) touched(c *chunk) {
 	now := time.Now()
 	s.schedMu.Lock()
 	if _, ok := s.dirty[c]; !ok {
@@ -40,7 +40,7 @@ func (s *Store) touched(c *chunk) {
 }
 
 // expedite makes a dirty chunk upload now (fsync, last close, pressure).
-func (s *Store) expedite(c *chunk) {
+func (s *DataPath) expedite(c *chunk) {
 	s.schedMu.Lock()
 	if _, ok := s.dirty[c]; ok {
 		c.urgent = true
@@ -53,13 +53,13 @@ func (s *Store) expedite(c *chunk) {
 }
 
 // forget takes a dropped chunk off the schedule. c.mu is held.
-func (s *Store) forget(c *chunk) {
+func (s *DataPath) forget(c *chunk) {
 	s.schedMu.Lock()
 	delete(s.dirty, c)
 	s.schedMu.Unlock()
 }
 
-func (s *Store) kick() {
+func (s *DataPath) kick() {
 	select {
 	case s.kickCh <- struct{}{}:
 	default:
@@ -68,7 +68,7 @@ func (s *Store) kick() {
 
 // reserve takes n bytes of the staging cap, or fails (ENOSPC for the
 // caller). Past half the cap every dirty chunk is sent to upload now.
-func (s *Store) reserve(n int64) error {
+func (s *DataPath) reserve(n int64) error {
 	if n == 0 {
 		return nil
 	}
@@ -85,7 +85,7 @@ func (s *Store) reserve(n int64) error {
 }
 
 // pressure expedites every dirty chunk, at most every 100 ms.
-func (s *Store) pressure() {
+func (s *DataPath) pressure() {
 	now := time.Now().UnixNano()
 	last := s.pressAt.Load()
 	if now-last < int64(100*time.Millisecond) || !s.pressAt.CompareAndSwap(last, now) {
@@ -103,7 +103,7 @@ func (s *Store) pressure() {
 }
 
 // scheduler hands due chunks to the uploaders, urgent and oldest first.
-func (s *Store) scheduler() {
+func (s *DataPath) scheduler() {
 	defer s.wg.Done()
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
@@ -165,7 +165,7 @@ func (s *Store) scheduler() {
 	}
 }
 
-func (s *Store) uploader() {
+func (s *DataPath) uploader() {
 	defer s.wg.Done()
 	for {
 		select {
@@ -182,7 +182,7 @@ func backoff(n int) time.Duration {
 	return min(100*time.Millisecond<<min(n-1, 10), 30*time.Second)
 }
 
-func (s *Store) runUpload(c *chunk) {
+func (s *DataPath) runUpload(c *chunk) {
 	s.inFlight.Add(1)
 	w := s.wipes.Load()
 	err := s.upload(c)
@@ -279,7 +279,7 @@ var errRetryNow = errors.New("chunk changed under the upload; retrying")
 // object in one catalog transaction (which queues the replaced object for
 // deletion). The staging file goes only if nothing was written to the
 // chunk since the snapshot; otherwise its blocks stay as valid overlays.
-func (s *Store) upload(c *chunk) error {
+func (s *DataPath) upload(c *chunk) error {
 	f := c.f
 	ctx := s.bg
 	B := int64(s.layout.BlockSize)
@@ -426,7 +426,7 @@ func (s *Store) upload(c *chunk) error {
 
 // commit records an uploaded chunk (or a chunk that turned out all zeros,
 // which is dropped instead of stored) in one catalog transaction.
-func (s *Store) commit(c *chunk, base *baseObj, gen uint64, stg *staging, id format.ID, L int64, zero bool) error {
+func (s *DataPath) commit(c *chunk, base *baseObj, gen uint64, stg *staging, id format.ID, L int64, zero bool) error {
 	f := c.f
 	ctx := s.bg
 	f.mu.RLock()
@@ -513,7 +513,7 @@ func (s *Store) commit(c *chunk, base *baseObj, gen uint64, stg *staging, id for
 
 // dropStaging removes chunk c's staging file (its queue row is the
 // caller's business). c.mu is held.
-func (s *Store) dropStaging(c *chunk) {
+func (s *DataPath) dropStaging(c *chunk) {
 	st := c.stg
 	if st == nil {
 		return
