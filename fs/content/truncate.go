@@ -430,3 +430,75 @@ func (s *DataPath) discardRows(ctx context.Context, ino uint64) error {
 	}
 	return nil
 }
+
+// cutChunk truncates chunk c to in bytes (0 < in < ChunkSize): staged
+// blocks past it go, a staged block across it loses its tail, and the base
+// object is masked from in on (and rewritten later). f.mu held exclusively,
+// c.mu held.
+func (f *File) cutChunk(ctx context.Context, c *chunk, in int64) error {
+	s := f.s
+	B := int64(s.layout.BlockSize)
+	if err := c.ensureLoaded(ctx); err != nil {
+		return err
+	}
+	changed := false
+	// What needs the file's key comes first (rewriting the block across
+	// the cut, creating a staging file), so that a failure there (coffer
+	// lock, a full disk) leaves the chunk as it was.
+	if c.stg != nil {
+		if b := in / B; in%B != 0 && c.stg.has(b) {
+			bp := getSlotBuf(B)
+			defer putSlotBuf(bp)
+			plain := (*bp)[:B]
+			if err := c.oldBlock(ctx, b, plain); err != nil {
+				return err
+			}
+			clear(plain[in%B:])
+			err := c.stg.writeBlock(b, plain)
+			clear(plain)
+			if err != nil {
+				return localErr(err, "truncate inode %d chunk %d: staging file", f.ino, c.idx)
+			}
+			changed = true
+		}
+		for b := (in + B - 1) / B; b < s.layout.BlocksPerChunk(); b++ {
+			if c.stg.has(b) {
+				if err := c.stg.clearBlock(b); err != nil {
+					return localErr(err, "truncate inode %d chunk %d: staging file", f.ino, c.idx)
+				}
+				s.staged.Add(-s.slot)
+				changed = true
+			}
+		}
+	}
+	if c.base != nil && c.baseLimit > in {
+		if c.stg == nil {
+			// The object still holds bytes past the cut: a staging file
+			// (even with no blocks) records the cut and gets the chunk
+			// rewritten, so the stale tail can never come back.
+			st, err := s.createStaging(ctx, c, stagingHeader{limit: in, extent: in})
+			if err != nil {
+				return err
+			}
+			c.stg = st
+			f.dirtyChunks.Add(1)
+		}
+		c.baseLimit = in
+		changed = true
+	}
+	c.cut = min(c.cut, in)
+	if c.stg != nil {
+		c.stg.hdr.limit = c.hdrLimit()
+		c.stg.hdr.extent = min(c.stg.hdr.extent, in)
+		if err := c.stg.writeHeader(); err != nil {
+			return localErr(err, "truncate inode %d chunk %d: staging header", f.ino, c.idx)
+		}
+	}
+	if changed {
+		c.gen++
+		if c.stg != nil {
+			s.touched(c)
+		}
+	}
+	return nil
+}

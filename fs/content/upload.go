@@ -66,24 +66,6 @@ func (s *DataPath) kick() {
 	}
 }
 
-// reserve takes n bytes of the staging cap, or fails (ENOSPC for the
-// caller). Past half the cap every dirty chunk is sent to upload now.
-func (s *DataPath) reserve(n int64) error {
-	if n == 0 {
-		return nil
-	}
-	for {
-		cur := s.staged.Load()
-		if cur+n > s.opt.StagingCap {
-			s.pressure()
-			return fmt.Errorf("%d of %d bytes staged: %w", cur, s.opt.StagingCap, syscall.ENOSPC)
-		}
-		if s.staged.CompareAndSwap(cur, cur+n) {
-			return nil
-		}
-	}
-}
-
 // pressure expedites every dirty chunk, at most every 100 ms.
 func (s *DataPath) pressure() {
 	now := time.Now().UnixNano()
