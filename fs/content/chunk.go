@@ -34,7 +34,7 @@ type chunk struct {
 	// the object that upload commits is valid only below it.
 	cut int64
 
-	// upload scheduling, under DataPath.schedMu
+	// upload scheduling, under uploader.schedMu
 	dueAt      time.Time
 	firstDirty time.Time
 	queued     bool // handed to (or held by) an uploader

@@ -76,6 +76,17 @@ const MaxFileSize = 1 << 60
 // dirty chunks in the background and drains the delete queue. Its methods
 // are safe for concurrent use; there is no global lock on the data path
 // (per-file and per-chunk locks only).
+//
+// DataPath holds what its parts share; the upload scheduler (uploader,
+// uploader.go) and the delete-queue worker (deleter.go) have their own
+// state. Reads are read.go and fetch.go (block cache: cache.go), writes
+// write.go, staging.go and upload.go.
+//
+// Locking: a File's mu, then one of its chunks' mu, then the File's
+// commitMu (see File). mu (the open-file table: files, each File's
+// handles, pins and gone; stgNames; closed) and uploader.schedMu are taken
+// under those or alone, never around them, and nothing is locked while
+// either is held. wipeMu serializes WipeKeys.
 type DataPath struct {
 	cat    *meta.Catalog
 	keys   keyring
@@ -84,12 +95,12 @@ type DataPath struct {
 	volID  format.ID
 	opt    Options
 	log    *slog.Logger
-	dir    string
-	slot   int64 // bytes of one staged block slot
+	dir    string // the staging directory
+	slot   int64  // bytes of one staged block slot
 
-	bg   context.Context
+	bg   context.Context // the workers' and prefetches' context; cancelled by shutdown
 	stop context.CancelFunc
-	wg   sync.WaitGroup
+	wg   sync.WaitGroup // workers and prefetches
 
 	mu       sync.Mutex
 	files    map[uint64]*File
@@ -101,20 +112,9 @@ type DataPath struct {
 	wipes  atomic.Uint64 // bumped at the start and at the end of WipeKeys: odd while one runs
 	wipeMu sync.Mutex    // serializes WipeKeys
 
-	// upload scheduling (see upload.go)
-	schedMu  sync.Mutex
-	dirty    map[*chunk]struct{}
-	kickCh   chan struct{}
-	work     chan *chunk
-	inFlight atomic.Int64
-	lastErr  atomic.Pointer[string]
-	pressAt  atomic.Int64 // last time staging pressure expedited uploads (ns)
-
-	notifyMu sync.Mutex
-	notifyCh chan struct{} // closed and replaced when an upload ends
-
+	up          *uploader
 	delKick     chan struct{}
-	prefetchSem chan struct{}
+	prefetchSem chan struct{} // bounds the prefetches running at once
 	seal        *sealLog
 }
 
@@ -155,21 +155,15 @@ func New(v *volume.Volume, opt Options) (*DataPath, error) {
 		files:       make(map[uint64]*File),
 		stgNames:    make(map[string]bool),
 		cache:       newBlockCache(opt.CacheBytes),
-		dirty:       make(map[*chunk]struct{}),
-		kickCh:      make(chan struct{}, 1),
-		work:        make(chan *chunk),
-		notifyCh:    make(chan struct{}),
 		delKick:     make(chan struct{}, 1),
 		prefetchSem: make(chan struct{}, 8),
 		seal:        seal,
 	}
+	s.up = newUploader(s)
 	s.bg, s.stop = context.WithCancel(context.Background())
 	s.wg.Add(2 + opt.Uploaders)
-	go s.scheduler()
+	s.up.start(opt.Uploaders)
 	go s.deleter()
-	for range opt.Uploaders {
-		go s.uploader()
-	}
 	return s, nil
 }
 
@@ -189,22 +183,11 @@ type Stats struct {
 // Stats returns the current counters.
 func (s *DataPath) Stats() Stats {
 	st := Stats{
-		StagedBytes:     s.staged.Load(),
-		UploadsInFlight: s.inFlight.Load(),
-		CacheBytes:      s.cache.bytes.Load(),
-		Locked:          s.keys.Locked(),
+		StagedBytes: s.staged.Load(),
+		CacheBytes:  s.cache.bytes.Load(),
+		Locked:      s.keys.Locked(),
 	}
-	if p := s.lastErr.Load(); p != nil {
-		st.LastUploadError = *p
-	}
-	s.schedMu.Lock()
-	st.DirtyChunks = int64(len(s.dirty))
-	for c := range s.dirty {
-		if c.failures > 0 {
-			st.UploadsFailing++
-		}
-	}
-	s.schedMu.Unlock()
+	s.up.stats(&st)
 	s.mu.Lock()
 	files := make([]*File, 0, len(s.files))
 	for _, f := range s.files {
@@ -279,13 +262,13 @@ func (s *DataPath) WipeKeys() {
 		f.wipeKeys()
 	}
 	s.cache.wipe()
-	s.notify() // fsync waiters see the lock
+	s.up.notify() // fsync waiters see the lock
 }
 
 // Resume restarts uploads paused by a lock, at once (call it after the
 // keyring is unlocked; without it they resume within a second).
 func (s *DataPath) Resume() {
-	s.kick()
+	s.up.kick()
 }
 
 // Open returns the File of regular file ino, shared by all its handles;
@@ -402,20 +385,6 @@ func (s *DataPath) liveFiles() []*File {
 	return slices.Collect(maps.Values(s.files))
 }
 
-// notify wakes everyone waiting for uploads to progress.
-func (s *DataPath) notify() {
-	s.notifyMu.Lock()
-	close(s.notifyCh)
-	s.notifyCh = make(chan struct{})
-	s.notifyMu.Unlock()
-}
-
-func (s *DataPath) notifyChan() <-chan struct{} {
-	s.notifyMu.Lock()
-	defer s.notifyMu.Unlock()
-	return s.notifyCh
-}
-
 // SyncAll uploads everything staged and makes the catalog durable. It waits
 // until ctx ends (or SyncTimeout if ctx has no deadline) and then fails
 // with EIO, leaving what could not be uploaded staged.
@@ -429,7 +398,7 @@ func (s *DataPath) SyncAll(ctx context.Context) error {
 	for _, f := range s.liveFiles() {
 		targets = append(targets, f.dirtyTargets()...)
 	}
-	if err := s.waitUploaded(ctx, targets, "sync all"); err != nil {
+	if err := s.up.waitUploaded(ctx, targets, "sync all"); err != nil {
 		return err
 	}
 	for _, f := range s.liveFiles() {

@@ -2,7 +2,6 @@ package content
 
 import (
 	"context"
-	"errors"
 	"maps"
 	"slices"
 	"sync"
@@ -299,7 +298,7 @@ func (f *File) Release(ctx context.Context) error {
 	s.mu.Unlock()
 	if last {
 		for _, t := range f.dirtyTargets() {
-			s.expedite(t.c)
+			s.up.expedite(t.c)
 		}
 	}
 	s.maybeFree(f)
@@ -334,7 +333,7 @@ func (f *File) dirtyTargets() []syncTarget {
 func (f *File) Sync(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, f.s.opt.SyncTimeout)
 	defer cancel()
-	if err := f.s.waitUploaded(ctx, f.dirtyTargets(), "fsync inode "+itoa(f.ino)); err != nil {
+	if err := f.s.up.waitUploaded(ctx, f.dirtyTargets(), "fsync inode "+itoa(f.ino)); err != nil {
 		return err
 	}
 	if err := f.flush(ctx); err != nil {
@@ -392,41 +391,6 @@ func itoa(n uint64) string {
 		n /= 10
 		if n == 0 {
 			return string(b[i:])
-		}
-	}
-}
-
-// waitUploaded waits until every target's generation is committed (or its
-// chunk was dropped), or ctx ends (EIO, naming the last upload error).
-func (s *DataPath) waitUploaded(ctx context.Context, targets []syncTarget, what string) error {
-	for _, t := range targets {
-		s.expedite(t.c)
-	}
-	for {
-		ch := s.notifyChan()
-		pending := 0
-		for _, t := range targets {
-			t.c.mu.RLock()
-			if !t.c.dead && t.c.committedGen < t.gen {
-				pending++
-			}
-			t.c.mu.RUnlock()
-		}
-		if pending == 0 {
-			return nil
-		}
-		if s.keys.Locked() {
-			return errLocked("%s: %d chunk(s) stay staged until unlock", what, pending)
-		}
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			cause := errors.New("the remote did not take the data in time")
-			if p := s.lastErr.Load(); p != nil {
-				cause = errors.New("last upload error: " + *p)
-			}
-			s.log.Error("content: "+what+": data still staged", "chunks", pending, "err", cause)
-			return &Error{Errno: syscall.EIO, Op: what + ": " + itoa(uint64(pending)) + " chunk(s) still staged", Err: cause}
 		}
 	}
 }

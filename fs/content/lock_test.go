@@ -155,7 +155,7 @@ func TestLock(t *testing.T) {
 
 	// Uploads pause: the staged chunk is pushed but nothing goes out and nothing fails.
 	for _, tg := range b.dirtyTargets() {
-		e.s.expedite(tg.c)
+		e.s.up.expedite(tg.c)
 	}
 	time.Sleep(300 * time.Millisecond)
 	st = e.s.Stats()

@@ -175,7 +175,7 @@ func (s *DataPath) recoverUpload(ctx context.Context, u meta.Upload) (bool, erro
 	}
 	f.growSize(u.Index*C + min(st.hdr.extent, C))
 	c.gen++
-	s.touched(c)
-	s.expedite(c)
+	s.up.touched(c)
+	s.up.expedite(c)
 	return true, nil
 }

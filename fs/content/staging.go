@@ -378,3 +378,22 @@ func (s *DataPath) openStaging(c *chunk, u meta.Upload) (*staging, error) {
 	}
 	return st, nil
 }
+
+// dropStaging removes chunk c's staging file (its queue row is the
+// caller's business). c.mu is held.
+func (s *DataPath) dropStaging(c *chunk) {
+	st := c.stg
+	if st == nil {
+		return
+	}
+	c.stg = nil
+	st.close()
+	if err := os.Remove(st.path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		s.log.Warn("content: could not remove a staging file", "staging", st.name, "err", err)
+	}
+	s.staged.Add(-st.n * s.slot)
+	c.f.dirtyChunks.Add(-1)
+	s.mu.Lock()
+	delete(s.stgNames, st.name)
+	s.mu.Unlock()
+}

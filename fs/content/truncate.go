@@ -135,11 +135,11 @@ func (f *File) commitDrop(ctx context.Context, dropped []*chunk, fn func(tx *met
 	for _, c := range dropped {
 		c.mu.Lock()
 		s.dropStaging(c)
-		s.forget(c)
+		s.up.forget(c)
 		c.mu.Unlock()
 	}
 	s.kickDeleter()
-	s.notify()
+	s.up.notify()
 	if err != nil {
 		return metaErr(err, "%s inode %d", what, f.ino)
 	}
@@ -387,7 +387,7 @@ func (s *DataPath) Discard(ctx context.Context, ino uint64) error {
 	for _, c := range dropped {
 		c.mu.Lock()
 		s.dropStaging(c)
-		s.forget(c)
+		s.up.forget(c)
 		c.mu.Unlock()
 	}
 	s.mu.Lock()
@@ -400,7 +400,7 @@ func (s *DataPath) Discard(ctx context.Context, ino uint64) error {
 	if fk, ok := s.keys.(interface{ Forget([16]byte) }); ok {
 		fk.Forget(f.id)
 	}
-	s.notify()
+	s.up.notify()
 	if err != nil {
 		return metaErr(err, "discard inode %d", ino)
 	}
@@ -497,7 +497,7 @@ func (f *File) cutChunk(ctx context.Context, c *chunk, in int64) error {
 	if changed {
 		c.gen++
 		if c.stg != nil {
-			s.touched(c)
+			s.up.touched(c)
 		}
 	}
 	return nil

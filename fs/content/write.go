@@ -139,11 +139,11 @@ func (f *File) writeChunk(ctx context.Context, c *chunk, in int64, data []byte, 
 		// blocks also sees the size that covers them.
 		f.growSize(c.idx*C + in + n)
 	}
-	s.touched(c)
+	s.up.touched(c)
 	if s.staged.Load() > s.opt.StagingCap/2 {
 		// Past half the cap: this chunk goes now, and every other soon.
-		s.expedite(c)
-		s.pressure()
+		s.up.expedite(c)
+		s.up.pressure()
 	}
 	return nil
 }
@@ -196,7 +196,7 @@ func (s *DataPath) reserve(n int64) error {
 	for {
 		cur := s.staged.Load()
 		if cur+n > s.opt.StagingCap {
-			s.pressure()
+			s.up.pressure()
 			return fmt.Errorf("%d of %d bytes staged: %w", cur, s.opt.StagingCap, syscall.ENOSPC)
 		}
 		if s.staged.CompareAndSwap(cur, cur+n) {
