@@ -112,8 +112,8 @@ type DataPath struct {
 	wipes  atomic.Uint64 // bumped at the start and at the end of WipeKeys: odd while one runs
 	wipeMu sync.Mutex    // serializes WipeKeys
 
-	up          *uploader
-	delKick     chan struct{}
+	up          *uploader     // the upload scheduler and workers (uploader.go)
+	del         *deleter      // the delete-queue worker (deleter.go)
 	prefetchSem chan struct{} // bounds the prefetches running at once
 	seal        *sealLog
 }
@@ -155,15 +155,18 @@ func New(v *volume.Volume, opt Options) (*DataPath, error) {
 		files:       make(map[uint64]*File),
 		stgNames:    make(map[string]bool),
 		cache:       newBlockCache(opt.CacheBytes),
-		delKick:     make(chan struct{}, 1),
 		prefetchSem: make(chan struct{}, 8),
 		seal:        seal,
 	}
 	s.up = newUploader(s)
+	s.del = newDeleter(v.Catalog, v.Store, opt.Logger, opt.Uploaders)
 	s.bg, s.stop = context.WithCancel(context.Background())
 	s.wg.Add(2 + opt.Uploaders)
 	s.up.start(opt.Uploaders)
-	go s.deleter()
+	go func() {
+		defer s.wg.Done()
+		s.del.run(s.bg)
+	}()
 	return s, nil
 }
 

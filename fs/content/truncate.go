@@ -138,7 +138,7 @@ func (f *File) commitDrop(ctx context.Context, dropped []*chunk, fn func(tx *met
 		s.up.forget(c)
 		c.mu.Unlock()
 	}
-	s.kickDeleter()
+	s.del.kick()
 	s.up.notify()
 	if err != nil {
 		return metaErr(err, "%s inode %d", what, f.ino)

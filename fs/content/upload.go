@@ -211,7 +211,7 @@ func (u *uploader) commit(c *chunk, base *baseObj, gen uint64, stg *staging, id 
 			if err := s.cat.EnqueueDelete(ctx, meta.ObjectName(id), now, now); err != nil {
 				s.log.Warn("content: could not queue an unused object for deletion", "object", format.ObjectName(id), "err", err)
 			}
-			s.kickDeleter()
+			s.del.kick()
 		}
 	}
 	if c.dead || f.discarded.Load() || c.base != base {
@@ -276,7 +276,7 @@ func (u *uploader) commit(c *chunk, base *baseObj, gen uint64, stg *staging, id 
 		}
 	}
 	if old != nil || zero {
-		s.kickDeleter()
+		s.del.kick()
 	}
 	return nil
 }
