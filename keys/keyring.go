@@ -175,7 +175,7 @@ func (k *Keyring) WipeCache() {
 // Lock zeroes every cached DEK and wipes the provider (HSM sessions closed, passphrase keys
 // zeroed); from then on every operation fails with ErrLocked until Unlock. It waits for
 // operations in flight (an HSM round trip), never for more. DEKs already handed out belong to
-// their callers, who must wipe them too (the data path does: content.Store.WipeKeys). The
+// their callers, who must wipe them too (the data path does: content.DataPath.WipeKeys). The
 // keyring is locked even when the provider's wipe reports an error (an HSM that did not close
 // in time), which Lock returns. Locking a locked keyring does nothing.
 //

@@ -24,7 +24,7 @@ const cacheShards = 16
 // block instead of fetching it twice.
 //
 // Blocks are handed out by reference (no copy on the hot path). So that
-// wipe can zero them while the store runs (coffer lock), a caller takes gen
+// wipe can zero them while the data path runs (coffer lock), a caller takes gen
 // before it looks blocks up and copies out of them only inside use(gen),
 // which fails with errPlainWiped if a wipe came in between; wipe waits for
 // copies in progress.
@@ -164,7 +164,7 @@ func (c *blockCache) use(gen uint64, f func() error) error {
 	return f()
 }
 
-// wipe zeroes and drops every cached block while the store runs: it waits
+// wipe zeroes and drops every cached block while the data path runs: it waits
 // for copies in progress (use) and makes later ones fail.
 func (c *blockCache) wipe() {
 	c.plainMu.Lock()
@@ -177,7 +177,7 @@ func (c *blockCache) wipe() {
 }
 
 // reset empties the cache. With zero (Close, once nothing runs) the
-// plaintext is also overwritten; a live store only drops it, since a reader
+// plaintext is also overwritten; a live data path only drops it, since a reader
 // may be copying out of a block at that moment.
 func (c *blockCache) reset(zero bool) {
 	for i := range c.shards {

@@ -1,119 +1,168 @@
 package content
 
 import (
-	"encoding/hex"
+	"context"
+	"errors"
+	"log/slog"
 	"sync"
 	"time"
 
-	"coffer/crypto/format"
 	"coffer/fs/meta"
 	"coffer/remote"
 )
 
+// deleteBatch is how many queued names DrainDeletes takes at a time; each
+// batch leaves the queue in one catalog transaction.
 const deleteBatch = 64
 
-func (s *Store) kickDeleter() {
+// deleter is the data path's delete-queue worker: it runs DrainDeletes when
+// woken (an upload replaced an object, a truncation or discard dropped some)
+// and every 2 s, until the data path stops.
+type deleter struct {
+	cat     *meta.Catalog
+	remote  remote.Store
+	log     *slog.Logger
+	workers int           // deletes at a time
+	kickCh  chan struct{} // wakes run
+}
+
+func newDeleter(cat *meta.Catalog, rs remote.Store, log *slog.Logger, workers int) *deleter {
+	return &deleter{cat: cat, remote: rs, log: log, workers: workers, kickCh: make(chan struct{}, 1)}
+}
+
+// kick makes run drain the queue now.
+func (d *deleter) kick() {
 	select {
-	case s.delKick <- struct{}{}:
+	case d.kickCh <- struct{}{}:
 	default:
 	}
 }
 
-// deleter drains the catalog's durable delete queue: replaced and dropped
-// chunk objects (and any other name queued), each once it is due; failures
-// are retried with backoff through DeleteFailed.
-func (s *Store) deleter() {
-	defer s.wg.Done()
+// run drains the catalog's durable delete queue (replaced and dropped chunk
+// objects, and any other name queued) until ctx ends.
+func (d *deleter) run(ctx context.Context) {
 	t := time.NewTimer(0)
 	defer t.Stop()
 	for {
 		select {
-		case <-s.bg.Done():
+		case <-ctx.Done():
 			return
 		case <-t.C:
-		case <-s.delKick:
+		case <-d.kickCh:
 		}
-		wait := 2 * time.Second
-		if s.drainDeletes() == deleteBatch {
-			wait = 0
-		}
-		t.Reset(wait)
+		DrainDeletes(ctx, d.cat, d.remote, d.log, d.workers)
+		t.Reset(2 * time.Second)
 	}
 }
 
-// remoteName maps a delete-queue name to the object's remote name: chunk
-// objects are queued as 32 hex digits (meta.ObjectName); other names are
-// queued as they are on the remote.
-func remoteName(n string) (string, bool) {
-	if len(n) == 2*format.IDSize {
-		if b, err := hex.DecodeString(n); err == nil {
-			return format.ObjectName(format.ID(b)), true
+// DrainDeletes deletes from the remote every object on the catalog's delete
+// queue that is due now, once each, in batches of deleteBatch (DeleteQueued
+// on each). It is the one drain of the queue: the data path's deleter runs
+// it in a loop, offline key operations (fs/keyops) run it once. It returns
+// how many objects were deleted and how many stay queued; it stops early
+// when ctx ends.
+func DrainDeletes(ctx context.Context, cat *meta.Catalog, rs remote.Store, log *slog.Logger, workers int) (deleted, failed int) {
+	if log == nil {
+		log = slog.Default()
+	}
+	tried := map[string]bool{} // a name whose row could not be updated stays due: once is enough
+	for ctx.Err() == nil {
+		ds, err := cat.NextDeletes(ctx, time.Now().UnixNano(), deleteBatch)
+		if err != nil {
+			if ctx.Err() == nil {
+				log.Warn("content: cannot read the delete queue", "err", err)
+			}
+			break
+		}
+		var todo []meta.PendingDelete
+		for _, d := range ds {
+			if !tried[d.Name] {
+				tried[d.Name] = true
+				todo = append(todo, d)
+			}
+		}
+		if len(todo) == 0 {
+			break
+		}
+		n, f := DeleteQueued(ctx, cat, rs, log, workers, todo)
+		deleted += n
+		failed += f
+		if len(ds) < deleteBatch {
+			break // that was every due name
 		}
 	}
-	return n, remote.ValidName(n) == nil
+	return deleted, failed
 }
 
-// drainDeletes deletes one batch of due objects and returns its size.
-func (s *Store) drainDeletes() int {
-	ctx := s.bg
-	ds, err := s.cat.NextDeletes(ctx, time.Now().UnixNano(), deleteBatch)
-	if err != nil {
-		if ctx.Err() == nil {
-			s.log.Warn("content: cannot read the delete queue", "err", err)
-		}
-		return 0
+// DeleteQueued deletes the queued objects ds from the remote, workers at a
+// time, and takes those that are gone off the queue in one transaction (a
+// crash before it only repeats deletes, which find nothing and succeed). It
+// returns how many were deleted and how many stay queued.
+//
+// The queue holds remote object names as the remote uses them (chunk
+// objects as format.ObjectName, re-encryption intents likewise). An object
+// whose delete fails stays queued, due again after a backoff (that of
+// uploads, then every 10 minutes from the 10th attempt); a name that is not
+// a valid object name cannot name anything on the remote, and is logged at
+// ERROR and postponed a day, its row left as the trace of whatever wrote it.
+// Both count as failed.
+func DeleteQueued(ctx context.Context, cat *meta.Catalog, rs remote.Store, log *slog.Logger, workers int, ds []meta.PendingDelete) (deleted, failed int) {
+	if log == nil {
+		log = slog.Default()
 	}
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	var done []string
-	sem := make(chan struct{}, s.opt.Uploaders)
+	sem := make(chan struct{}, max(1, workers))
 	for _, d := range ds {
 		sem <- struct{}{}
 		wg.Add(1)
-		go func(d meta.PendingDelete) {
+		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			if s.deleteOne(d) {
-				mu.Lock()
+			ok := deleteQueued(ctx, cat, rs, log, d)
+			mu.Lock()
+			if ok {
 				done = append(done, d.Name)
-				mu.Unlock()
+			} else {
+				failed++
 			}
-		}(d)
+			mu.Unlock()
+		}()
 	}
 	wg.Wait()
-	// One transaction for the batch (a crash before it only repeats deletes,
-	// which find nothing and succeed).
-	if err := s.cat.DeleteDone(ctx, done...); err != nil && ctx.Err() == nil {
-		s.log.Warn("content: cannot take deleted objects off the queue", "objects", len(done), "err", err)
+	if err := cat.DeleteDone(ctx, done...); err != nil && ctx.Err() == nil {
+		log.Warn("content: cannot take deleted objects off the queue", "objects", len(done), "err", err)
 	}
-	return len(ds)
+	return len(done), failed
 }
 
-// deleteOne deletes one queued object; true when it is gone (the caller takes
-// it off the queue).
-func (s *Store) deleteOne(d meta.PendingDelete) bool {
-	ctx := s.bg
-	name, ok := remoteName(d.Name)
-	if !ok {
-		s.log.Error("content: delete queue holds a name that is not a valid object name; postponing it a day",
+// deleteQueued deletes one queued object; true when it is gone (the caller
+// takes it off the queue), false when it stays queued (the row says when
+// it is due again, unless ctx ended).
+func deleteQueued(ctx context.Context, cat *meta.Catalog, rs remote.Store, log *slog.Logger, d meta.PendingDelete) bool {
+	if remote.ValidName(d.Name) != nil {
+		log.Error("content: delete queue holds a name that is not a valid object name; postponing it a day",
 			"name", d.Name)
-		_ = s.cat.DeleteFailed(ctx, d.Name, time.Now().Add(24*time.Hour).UnixNano(), "invalid object name")
+		_ = cat.DeleteFailed(ctx, d.Name, time.Now().Add(24*time.Hour).UnixNano(), "invalid object name")
 		return false
 	}
-	if err := s.remote.Delete(ctx, name); err != nil {
-		if ctx.Err() != nil {
-			return false
-		}
-		next := time.Now().Add(backoff(d.Attempts + 1)).UnixNano()
-		if d.Attempts+1 >= 10 {
-			next = time.Now().Add(10 * time.Minute).UnixNano()
-		}
-		if d.Attempts == 0 || (d.Attempts+1)%10 == 0 {
-			s.log.Warn("content: delete of a replaced object failed; retrying later", "object", name,
-				"attempts", d.Attempts+1, "err", err)
-		}
-		_ = s.cat.DeleteFailed(ctx, d.Name, next, err.Error())
+	err := rs.Delete(ctx, d.Name)
+	if err == nil || errors.Is(err, remote.ErrNotFound) {
+		return true
+	}
+	if ctx.Err() != nil {
 		return false
 	}
-	return true
+	attempts := d.Attempts + 1
+	next := time.Now().Add(backoff(attempts))
+	if attempts >= 10 {
+		next = time.Now().Add(10 * time.Minute)
+	}
+	if attempts == 1 || attempts%10 == 0 {
+		log.Warn("content: delete of a queued object failed; it stays queued and is retried later", "object", d.Name,
+			"attempts", attempts, "err", err)
+	}
+	_ = cat.DeleteFailed(ctx, d.Name, next.UnixNano(), err.Error())
+	return false
 }

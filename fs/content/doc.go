@@ -6,7 +6,7 @@
 // GET of exactly the sealed blocks needed, each authenticated against the
 // binding the catalog gives (volume, file, object, block index, last-block
 // flag). Sequential reads prefetch the next window concurrently, under the
-// store's own context. A failed authentication, a missing or short object
+// data path's own context. A failed authentication, a missing or short object
 // is EIO and an ERROR log line naming the object and the inode; never data.
 //
 // Writes land in per-chunk staging files that hold ciphertext only
@@ -17,7 +17,8 @@
 // over the committed object's blocks, zeros for holes), seal it under a
 // fresh object id, put it, and swap the chunk row in one catalog
 // transaction that also queues the replaced object for deletion; a deleter
-// drains that queue. A chunk that turns out all zeros is dropped, not
+// drains that queue (DrainDeletes, which offline key operations run once
+// too). A chunk that turns out all zeros is dropped, not
 // stored. fsync waits for the file's chunks and a durable catalog commit;
 // close does not wait. With the remote down, writes fill staging up to the
 // cap (then ENOSPC) and fsync fails with EIO after SyncTimeout; staged data
@@ -35,6 +36,14 @@
 // generation afterwards (File.keyGen, blockCache.gen), so nothing built
 // or copied concurrently with the wipe survives it or reads zeros.
 //
+// The parts: DataPath (datapath.go) holds what they share (catalog, keys,
+// remote, the open-file table, the block cache, staged bytes, wipe state);
+// File and chunk are one file's and one chunk's state. Reads: read.go,
+// fetch.go (fetches, prefetch), cache.go. Writes: write.go, staging.go, and
+// the uploader type (uploader.go: scheduling, workers; upload.go: one
+// chunk). The deleter type and DrainDeletes (deleter.go) empty the delete
+// queue. Also truncate.go, recover.go, shred.go (Revoke, ReloadKeyRecords).
+//
 // Locking is per file and per chunk; there is no global lock on the data
-// path.
+// path (lock order: see DataPath and File).
 package content

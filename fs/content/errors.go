@@ -73,7 +73,7 @@ func keyGone(err error) bool {
 // keyLocked reports whether err comes from coffer lock: keys.ErrLocked, or
 // a key wiped by WipeKeys while the keyring is locked (so it cannot be
 // opened again).
-func (s *Store) keyLocked(err error) bool {
+func (s *DataPath) keyLocked(err error) bool {
 	if errors.Is(err, keys.ErrLocked) {
 		return true
 	}
@@ -83,7 +83,7 @@ func (s *Store) keyLocked(err error) bool {
 // lockedDuring is keyLocked for an operation that started when WipeKeys
 // had run w times: a key it was using wiped by a lock that has already
 // been lifted counts too (the operation raced with lock and unlock).
-func (s *Store) lockedDuring(err error, w uint64) bool {
+func (s *DataPath) lockedDuring(err error, w uint64) bool {
 	return s.keyLocked(err) || keyGone(err) && (w%2 == 1 || s.wipes.Load() != w)
 }
 

@@ -16,7 +16,7 @@ import (
 // loadBlocks returns the plaintext of blocks need (ascending) of base
 // object b of file f: from the cache, from a fetch already in flight, or
 // with one ranged GET covering the blocks nobody is fetching.
-func (s *Store) loadBlocks(ctx context.Context, f *File, b *baseObj, need []int64) (map[int64][]byte, error) {
+func (s *DataPath) loadBlocks(ctx context.Context, f *File, b *baseObj, need []int64) (map[int64][]byte, error) {
 	out := make(map[int64][]byte, len(need))
 	type wait struct {
 		block int64
@@ -83,7 +83,7 @@ func (s *Store) loadBlocks(ctx context.Context, f *File, b *baseObj, need []int6
 // fetch GETs sealed blocks first..last of base object b in one ranged
 // request, authenticates each against the catalog's binding, and caches
 // and returns their plaintext.
-func (s *Store) fetch(ctx context.Context, f *File, b *baseObj, first, last int64, out map[int64][]byte) error {
+func (s *DataPath) fetch(ctx context.Context, f *File, b *baseObj, first, last int64, out map[int64][]byte) error {
 	l := s.layout
 	L := b.row.Length
 	off, n, err := l.CiphertextRange(L, first, last)
@@ -125,7 +125,7 @@ func (s *Store) fetch(ctx context.Context, f *File, b *baseObj, first, last int6
 // readFailed turns a failed read of base object b into EIO, logging an
 // ERROR line that names the object and the inode. Only a cancelled request
 // is quiet (EINTR).
-func (s *Store) readFailed(ctx context.Context, f *File, chunk int64, b *baseObj, err error) error {
+func (s *DataPath) readFailed(ctx context.Context, f *File, chunk int64, b *baseObj, err error) error {
 	if ctx.Err() != nil && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
 		return ioErr(ctx, err, "read inode %d chunk %d", f.ino, chunk)
 	}
@@ -194,10 +194,10 @@ type prefetchJob struct {
 // startPrefetch fetches [from, to) of f into the cache in the background.
 // The blocks are claimed here, before the next read can ask for them, so a
 // read that catches up with the prefetch waits for it rather than issuing
-// a GET of its own; the GETs run under the store's own context (never a
+// a GET of its own; the GETs run under the data path's own context (never a
 // request's, which a signal may cancel). Nothing is done when enough
 // prefetches are already running. f.mu is held shared.
-func (s *Store) startPrefetch(ctx context.Context, f *File, from, to int64) {
+func (s *DataPath) startPrefetch(ctx context.Context, f *File, from, to int64) {
 	select {
 	case s.prefetchSem <- struct{}{}:
 	default:

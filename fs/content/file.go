@@ -2,7 +2,6 @@ package content
 
 import (
 	"context"
-	"errors"
 	"maps"
 	"slices"
 	"sync"
@@ -37,7 +36,7 @@ type keyring interface {
 // only leaf locks before it finishes them (keyMu, then the keyring and its
 // provider; see claimPrefetch).
 type File struct {
-	s   *Store
+	s   *DataPath
 	ino uint64
 
 	ready   chan struct{} // closed once loaded
@@ -89,7 +88,7 @@ type File struct {
 	raAhead int64 // prefetched (or being prefetched) up to here
 }
 
-func newFile(s *Store, ino uint64) *File {
+func newFile(s *DataPath, ino uint64) *File {
 	return &File{s: s, ino: ino, ready: make(chan struct{}), chunks: make(map[int64]*chunk)}
 }
 
@@ -299,7 +298,7 @@ func (f *File) Release(ctx context.Context) error {
 	s.mu.Unlock()
 	if last {
 		for _, t := range f.dirtyTargets() {
-			s.expedite(t.c)
+			s.up.expedite(t.c)
 		}
 	}
 	s.maybeFree(f)
@@ -334,7 +333,7 @@ func (f *File) dirtyTargets() []syncTarget {
 func (f *File) Sync(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, f.s.opt.SyncTimeout)
 	defer cancel()
-	if err := f.s.waitUploaded(ctx, f.dirtyTargets(), "fsync inode "+itoa(f.ino)); err != nil {
+	if err := f.s.up.waitUploaded(ctx, f.dirtyTargets(), "fsync inode "+itoa(f.ino)); err != nil {
 		return err
 	}
 	if err := f.flush(ctx); err != nil {
@@ -383,97 +382,6 @@ func (f *File) checkLive() error {
 	return nil
 }
 
-// ReadAt reads len(dst) bytes at off. It returns fewer only at the end of
-// the file. Errors carry an errno (EIO for remote or integrity failures,
-// EKEYREVOKED while the volume is locked).
-func (f *File) ReadAt(ctx context.Context, dst []byte, off int64) (int, error) {
-	w := f.s.wipes.Load()
-	n, err := f.readAt(ctx, dst, off)
-	if err != nil && f.s.lockedDuring(err, w) {
-		err = errLocked("read inode %d", f.ino)
-	}
-	return n, err
-}
-
-func (f *File) readAt(ctx context.Context, dst []byte, off int64) (int, error) {
-	if off < 0 {
-		return 0, errnof(syscall.EINVAL, "read inode %d at negative offset %d", f.ino, off)
-	}
-	if err := f.checkLive(); err != nil {
-		return 0, err
-	}
-	f.mu.RLock()
-	defer f.mu.RUnlock()
-	size := f.size.Load()
-	if off >= size || len(dst) == 0 {
-		return 0, nil
-	}
-	n := int(min(int64(len(dst)), size-off))
-	dst = dst[:n]
-	f.noteRead(ctx, off, int64(n), size)
-	C := f.s.layout.ChunkSize
-	done := 0
-	for done < n {
-		pos := off + int64(done)
-		k, in := pos/C, pos%C
-		m := int(min(int64(n-done), C-in))
-		if err := f.readChunk(ctx, f.chunk(k), in, dst[done:done+m]); err != nil {
-			return done, err
-		}
-		done += m
-	}
-	return n, nil
-}
-
-// WriteAt writes p at off into staging. It fails with ENOSPC when the
-// staging area is at its cap (a write spanning chunks may then have written
-// a prefix, whose length it returns), and with EKEYREVOKED while the volume
-// is locked. It updates size and mtime in memory.
-func (f *File) WriteAt(ctx context.Context, p []byte, off int64) (int, error) {
-	w := f.s.wipes.Load()
-	n, err := f.writeAt(ctx, p, off)
-	if err != nil && f.s.lockedDuring(err, w) {
-		err = errLocked("write inode %d", f.ino)
-	}
-	return n, err
-}
-
-func (f *File) writeAt(ctx context.Context, p []byte, off int64) (int, error) {
-	if f.s.keys.Locked() {
-		return 0, errLocked("write inode %d", f.ino)
-	}
-	if off < 0 {
-		return 0, errnof(syscall.EINVAL, "write inode %d at negative offset %d", f.ino, off)
-	}
-	if len(p) == 0 {
-		return 0, nil
-	}
-	if off > MaxFileSize-int64(len(p)) {
-		return 0, errnof(syscall.EFBIG, "write inode %d: past the largest file size", f.ino)
-	}
-	if err := f.checkLive(); err != nil {
-		return 0, err
-	}
-	f.mu.RLock()
-	defer f.mu.RUnlock()
-	C := f.s.layout.ChunkSize
-	done := 0
-	for done < len(p) {
-		pos := off + int64(done)
-		k, in := pos/C, pos%C
-		m := int(min(int64(len(p)-done), C-in))
-		if err := f.writeChunk(ctx, f.chunk(k), in, p[done:done+m], int64(m)); err != nil {
-			if done > 0 {
-				f.mtime.Store(time.Now().UnixNano())
-			}
-			return done, err
-		}
-		done += m
-	}
-	f.mtime.Store(time.Now().UnixNano())
-	return done, nil
-}
-
 func itoa(n uint64) string {
 	var b [20]byte
 	i := len(b)
@@ -483,41 +391,6 @@ func itoa(n uint64) string {
 		n /= 10
 		if n == 0 {
 			return string(b[i:])
-		}
-	}
-}
-
-// waitUploaded waits until every target's generation is committed (or its
-// chunk was dropped), or ctx ends (EIO, naming the last upload error).
-func (s *Store) waitUploaded(ctx context.Context, targets []syncTarget, what string) error {
-	for _, t := range targets {
-		s.expedite(t.c)
-	}
-	for {
-		ch := s.notifyChan()
-		pending := 0
-		for _, t := range targets {
-			t.c.mu.RLock()
-			if !t.c.dead && t.c.committedGen < t.gen {
-				pending++
-			}
-			t.c.mu.RUnlock()
-		}
-		if pending == 0 {
-			return nil
-		}
-		if s.keys.Locked() {
-			return errLocked("%s: %d chunk(s) stay staged until unlock", what, pending)
-		}
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			cause := errors.New("the remote did not take the data in time")
-			if p := s.lastErr.Load(); p != nil {
-				cause = errors.New("last upload error: " + *p)
-			}
-			s.log.Error("content: "+what+": data still staged", "chunks", pending, "err", cause)
-			return &Error{Errno: syscall.EIO, Op: what + ": " + itoa(uint64(pending)) + " chunk(s) still staged", Err: cause}
 		}
 	}
 }

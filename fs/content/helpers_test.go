@@ -133,7 +133,7 @@ type env struct {
 	log    *slog.Logger
 
 	v     *volume.Volume
-	s     *Store
+	s     *DataPath
 	fault *faulty.Store
 	count *countingStore
 }
@@ -199,7 +199,7 @@ func (e *env) open() {
 	e.v = v
 	s, err := New(v, e.opt)
 	if err != nil {
-		e.t.Fatalf("new content store: %v", err)
+		e.t.Fatalf("new data path: %v", err)
 	}
 	e.s = s
 	if err := s.Recover(e.ctx); err != nil {
@@ -214,7 +214,7 @@ func (e *env) close() {
 	defer cancel()
 	left, err := e.s.Close(ctx)
 	if err != nil || left != 0 {
-		e.t.Fatalf("close content store: %d bytes left staged, err %v", left, err)
+		e.t.Fatalf("close data path: %d bytes left staged, err %v", left, err)
 	}
 	if err := e.v.Close(e.ctx); err != nil {
 		e.t.Fatalf("close volume: %v", err)

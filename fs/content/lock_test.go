@@ -34,9 +34,9 @@ func (e *env) unlock() {
 	e.s.Resume()
 }
 
-// reachableKeys counts the key material the store can still reach: file DEKs, object
+// reachableKeys counts the key material the data path can still reach: file DEKs, object
 // ciphers, staging boxes, and bytes in the plaintext block cache.
-func (s *Store) reachableKeys() (deks, ciphers, boxes int, cached int64) {
+func (s *DataPath) reachableKeys() (deks, ciphers, boxes int, cached int64) {
 	for _, f := range s.liveFiles() {
 		f.keyMu.Lock()
 		if f.dek != nil {
@@ -67,7 +67,7 @@ func (s *Store) reachableKeys() (deks, ciphers, boxes int, cached int64) {
 }
 
 // cachedBlocks returns the plaintext slices the block cache holds (to see them zeroed).
-func (s *Store) cachedBlocks() [][]byte {
+func (s *DataPath) cachedBlocks() [][]byte {
 	var out [][]byte
 	for i := range s.cache.shards {
 		sh := &s.cache.shards[i]
@@ -81,7 +81,7 @@ func (s *Store) cachedBlocks() [][]byte {
 }
 
 // TestLock: after the keyring is locked and WipeKeys ran, no key or plaintext is reachable
-// from the store (and what was there is zeroed); reads, writes, fallocate, truncate and
+// from the data path (and what was there is zeroed); reads, writes, fallocate, truncate and
 // opens fail with EKEYREVOKED, also through a file opened before; fsync fails at once; staged
 // data stays staged without counting as a failing upload; after unlock it uploads and
 // everything reads back.
@@ -117,7 +117,7 @@ func TestLock(t *testing.T) {
 		t.Fatalf("after lock: %+v", st)
 	}
 	if d, c, bx, n := e.s.reachableKeys(); d+c+bx != 0 || n != 0 {
-		t.Fatalf("after lock the store still reaches %d DEKs, %d ciphers, %d staging keys, %d cached blocks", d, c, bx, n)
+		t.Fatalf("after lock the data path still reaches %d DEKs, %d ciphers, %d staging keys, %d cached blocks", d, c, bx, n)
 	}
 	if !heldDEK.Wiped() || !bytes.Equal(heldBytes, make([]byte, len(heldBytes))) {
 		t.Fatal("a file's DEK was not zeroed")
@@ -155,7 +155,7 @@ func TestLock(t *testing.T) {
 
 	// Uploads pause: the staged chunk is pushed but nothing goes out and nothing fails.
 	for _, tg := range b.dirtyTargets() {
-		e.s.expedite(tg.c)
+		e.s.up.expedite(tg.c)
 	}
 	time.Sleep(300 * time.Millisecond)
 	st = e.s.Stats()

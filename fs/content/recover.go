@@ -19,7 +19,7 @@ import (
 // nothing that was recorded). It returns once the data is attached; the
 // uploads run in the background (SyncAll waits for them). Call it at
 // mount, before serving requests.
-func (s *Store) Recover(ctx context.Context) error {
+func (s *DataPath) Recover(ctx context.Context) error {
 	ups, err := s.cat.ListUploads(ctx, "", 0, 0)
 	if err != nil {
 		return metaErr(err, "recover staged data: read the upload queue")
@@ -76,7 +76,7 @@ func (s *Store) Recover(ctx context.Context) error {
 // recoverUpload attaches one queued staging file to its chunk. It reports
 // whether data was recovered; rows that cannot mean anything any more (the
 // inode is gone, the file is missing or unreadable) are cleared.
-func (s *Store) recoverUpload(ctx context.Context, u meta.Upload) (bool, error) {
+func (s *DataPath) recoverUpload(ctx context.Context, u meta.Upload) (bool, error) {
 	clearRow := func(why string, level func(string, ...any), extra ...any) (bool, error) {
 		level("content: dropping a queued staging file: "+why,
 			append([]any{"ino", u.Ino, "chunk", u.Index, "staging", u.Staging}, extra...)...)
@@ -175,7 +175,7 @@ func (s *Store) recoverUpload(ctx context.Context, u meta.Upload) (bool, error) 
 	}
 	f.growSize(u.Index*C + min(st.hdr.extent, C))
 	c.gen++
-	s.touched(c)
-	s.expedite(c)
+	s.up.touched(c)
+	s.up.expedite(c)
 	return true, nil
 }

@@ -17,8 +17,8 @@ import (
 // file fails from then on (ESTALE here; the node layer answers EKEYREVOKED before it gets
 // this far). The catalog rows (key record, chunks) are the caller's to delete; objects of
 // chunks already committed are queued for deletion with them. Calling it again, or on an
-// inode the store does not hold, only drops what is left.
-func (s *Store) Revoke(ctx context.Context, ino uint64) error {
+// inode the data path does not hold, only drops what is left.
+func (s *DataPath) Revoke(ctx context.Context, ino uint64) error {
 	objs := map[format.ID]bool{}
 	// Objects the catalog lists for the file: blocks of a closed file may still be cached.
 	rows, err := s.cat.Chunks(ctx, ino, 0, -1)
@@ -91,13 +91,13 @@ func (c *blockCache) dropObjects(objs map[format.ID]bool) int {
 	return n
 }
 
-// ReloadKeyRecords makes every file the store holds take its key record from the catalog
+// ReloadKeyRecords makes every file the data path holds take its key record from the catalog
 // again, after a rotation re-wrapped them on a live mount. The DEK does not change (a
 // re-wrap only re-seals it), so nothing cached is dropped; what changes is the record a
 // File opens its key from when it needs it again (after coffer lock and unlock), which
 // must not name a KEK version that is about to be retired. Only wrap-mode records are
 // reloaded; a file whose record is gone (shredded) keeps what it has.
-func (s *Store) ReloadKeyRecords(ctx context.Context) (int, error) {
+func (s *DataPath) ReloadKeyRecords(ctx context.Context) (int, error) {
 	n := 0
 	for _, f := range s.liveFiles() {
 		select {

@@ -139,7 +139,7 @@ func putSlotBuf(p *[]byte) { slotPool.Put(p) }
 // createStaging makes the staging file of chunk c and records it in the
 // catalog's upload queue, so a crash leaves a findable trail. Called with
 // c.mu held.
-func (s *Store) createStaging(ctx context.Context, c *chunk, hdr stagingHeader) (*staging, error) {
+func (s *DataPath) createStaging(ctx context.Context, c *chunk, hdr stagingHeader) (*staging, error) {
 	f := c.f
 	id, err := format.NewID()
 	if err != nil {
@@ -329,7 +329,7 @@ func (st *staging) close() {
 // openStaging opens an existing staging file for chunk c (recovery) and
 // scans its slots: slots that do not open (a write torn by a crash, or
 // tampering) are reported and forgotten.
-func (s *Store) openStaging(c *chunk, u meta.Upload) (*staging, error) {
+func (s *DataPath) openStaging(c *chunk, u meta.Upload) (*staging, error) {
 	f := c.f
 	id, err := parseStagingName(u.Staging)
 	if err != nil {
@@ -377,4 +377,23 @@ func (s *Store) openStaging(c *chunk, u meta.Upload) (*staging, error) {
 		st.n++
 	}
 	return st, nil
+}
+
+// dropStaging removes chunk c's staging file (its queue row is the
+// caller's business). c.mu is held.
+func (s *DataPath) dropStaging(c *chunk) {
+	st := c.stg
+	if st == nil {
+		return
+	}
+	c.stg = nil
+	st.close()
+	if err := os.Remove(st.path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		s.log.Warn("content: could not remove a staging file", "staging", st.name, "err", err)
+	}
+	s.staged.Add(-st.n * s.slot)
+	c.f.dirtyChunks.Add(-1)
+	s.mu.Lock()
+	delete(s.stgNames, st.name)
+	s.mu.Unlock()
 }

@@ -18,7 +18,7 @@ import (
 // not it is open: bytes past the new end are gone, a grown file reads as
 // zeros there. The new size and mtime are committed to the catalog (not
 // durably). The node layer must not also pass the size to meta.SetAttr.
-func (s *Store) Truncate(ctx context.Context, ino uint64, size int64) error {
+func (s *DataPath) Truncate(ctx context.Context, ino uint64, size int64) error {
 	f, err := s.acquire(ctx, ino, false)
 	if err != nil {
 		return err
@@ -135,11 +135,11 @@ func (f *File) commitDrop(ctx context.Context, dropped []*chunk, fn func(tx *met
 	for _, c := range dropped {
 		c.mu.Lock()
 		s.dropStaging(c)
-		s.forget(c)
+		s.up.forget(c)
 		c.mu.Unlock()
 	}
-	s.kickDeleter()
-	s.notify()
+	s.del.kick()
+	s.up.notify()
 	if err != nil {
 		return metaErr(err, "%s inode %d", what, f.ino)
 	}
@@ -354,7 +354,7 @@ func (f *File) dataExtents(ctx context.Context, from, size int64) ([][2]int64, e
 // its staged data and pending uploads are dropped and its keys wiped. An
 // upload already running puts an object nobody refers to, which is queued
 // for deletion. Call it before meta.Catalog.Reap.
-func (s *Store) Discard(ctx context.Context, ino uint64) error {
+func (s *DataPath) Discard(ctx context.Context, ino uint64) error {
 	s.mu.Lock()
 	f := s.files[ino]
 	s.mu.Unlock()
@@ -387,7 +387,7 @@ func (s *Store) Discard(ctx context.Context, ino uint64) error {
 	for _, c := range dropped {
 		c.mu.Lock()
 		s.dropStaging(c)
-		s.forget(c)
+		s.up.forget(c)
 		c.mu.Unlock()
 	}
 	s.mu.Lock()
@@ -400,7 +400,7 @@ func (s *Store) Discard(ctx context.Context, ino uint64) error {
 	if fk, ok := s.keys.(interface{ Forget([16]byte) }); ok {
 		fk.Forget(f.id)
 	}
-	s.notify()
+	s.up.notify()
 	if err != nil {
 		return metaErr(err, "discard inode %d", ino)
 	}
@@ -409,7 +409,7 @@ func (s *Store) Discard(ctx context.Context, ino uint64) error {
 
 // discardRows removes queue rows (and their staging files) of ino that no
 // live chunk holds (an inode never opened since the last mount).
-func (s *Store) discardRows(ctx context.Context, ino uint64) error {
+func (s *DataPath) discardRows(ctx context.Context, ino uint64) error {
 	ups, err := s.cat.UploadsOf(ctx, ino)
 	if err != nil {
 		return metaErr(err, "discard inode %d", ino)
@@ -426,6 +426,78 @@ func (s *Store) discardRows(ctx context.Context, ino uint64) error {
 		}
 		if err := s.cat.CompleteUpload(ctx, u.ID); err != nil && !errors.Is(err, syscall.ENOENT) {
 			return metaErr(err, "discard inode %d", ino)
+		}
+	}
+	return nil
+}
+
+// cutChunk truncates chunk c to in bytes (0 < in < ChunkSize): staged
+// blocks past it go, a staged block across it loses its tail, and the base
+// object is masked from in on (and rewritten later). f.mu held exclusively,
+// c.mu held.
+func (f *File) cutChunk(ctx context.Context, c *chunk, in int64) error {
+	s := f.s
+	B := int64(s.layout.BlockSize)
+	if err := c.ensureLoaded(ctx); err != nil {
+		return err
+	}
+	changed := false
+	// What needs the file's key comes first (rewriting the block across
+	// the cut, creating a staging file), so that a failure there (coffer
+	// lock, a full disk) leaves the chunk as it was.
+	if c.stg != nil {
+		if b := in / B; in%B != 0 && c.stg.has(b) {
+			bp := getSlotBuf(B)
+			defer putSlotBuf(bp)
+			plain := (*bp)[:B]
+			if err := c.oldBlock(ctx, b, plain); err != nil {
+				return err
+			}
+			clear(plain[in%B:])
+			err := c.stg.writeBlock(b, plain)
+			clear(plain)
+			if err != nil {
+				return localErr(err, "truncate inode %d chunk %d: staging file", f.ino, c.idx)
+			}
+			changed = true
+		}
+		for b := (in + B - 1) / B; b < s.layout.BlocksPerChunk(); b++ {
+			if c.stg.has(b) {
+				if err := c.stg.clearBlock(b); err != nil {
+					return localErr(err, "truncate inode %d chunk %d: staging file", f.ino, c.idx)
+				}
+				s.staged.Add(-s.slot)
+				changed = true
+			}
+		}
+	}
+	if c.base != nil && c.baseLimit > in {
+		if c.stg == nil {
+			// The object still holds bytes past the cut: a staging file
+			// (even with no blocks) records the cut and gets the chunk
+			// rewritten, so the stale tail can never come back.
+			st, err := s.createStaging(ctx, c, stagingHeader{limit: in, extent: in})
+			if err != nil {
+				return err
+			}
+			c.stg = st
+			f.dirtyChunks.Add(1)
+		}
+		c.baseLimit = in
+		changed = true
+	}
+	c.cut = min(c.cut, in)
+	if c.stg != nil {
+		c.stg.hdr.limit = c.hdrLimit()
+		c.stg.hdr.extent = min(c.stg.hdr.extent, in)
+		if err := c.stg.writeHeader(); err != nil {
+			return localErr(err, "truncate inode %d chunk %d: staging header", f.ino, c.idx)
+		}
+	}
+	if changed {
+		c.gen++
+		if c.stg != nil {
+			s.up.touched(c)
 		}
 	}
 	return nil

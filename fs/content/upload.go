@@ -2,11 +2,8 @@ package content
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
-	"os"
-	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -14,235 +11,6 @@ import (
 	"coffer/crypto/format"
 	"coffer/fs/meta"
 )
-
-// touched records that chunk c has new staged content: it uploads once it
-// has been idle for DirtyDelay (or at most 4 DirtyDelays after it first got
-// dirty, so a chunk written without pause still goes out). c.mu is held.
-func (s *Store) touched(c *chunk) {
-	now := time.Now()
-	s.schedMu.Lock()
-	if _, ok := s.dirty[c]; !ok {
-		s.dirty[c] = struct{}{}
-		c.firstDirty = now
-		c.failures = 0
-	}
-	if !c.urgent {
-		c.dueAt = now.Add(s.opt.DirtyDelay)
-		if latest := c.firstDirty.Add(4 * s.opt.DirtyDelay); latest.Before(c.dueAt) {
-			c.dueAt = latest
-		}
-		if c.dueAt.Before(now) {
-			c.dueAt = now
-		}
-	}
-	s.schedMu.Unlock()
-	s.kick()
-}
-
-// expedite makes a dirty chunk upload now (fsync, last close, pressure).
-func (s *Store) expedite(c *chunk) {
-	s.schedMu.Lock()
-	if _, ok := s.dirty[c]; ok {
-		c.urgent = true
-		if c.failures == 0 || time.Until(c.dueAt) > time.Second {
-			c.dueAt = time.Now()
-		}
-	}
-	s.schedMu.Unlock()
-	s.kick()
-}
-
-// forget takes a dropped chunk off the schedule. c.mu is held.
-func (s *Store) forget(c *chunk) {
-	s.schedMu.Lock()
-	delete(s.dirty, c)
-	s.schedMu.Unlock()
-}
-
-func (s *Store) kick() {
-	select {
-	case s.kickCh <- struct{}{}:
-	default:
-	}
-}
-
-// reserve takes n bytes of the staging cap, or fails (ENOSPC for the
-// caller). Past half the cap every dirty chunk is sent to upload now.
-func (s *Store) reserve(n int64) error {
-	if n == 0 {
-		return nil
-	}
-	for {
-		cur := s.staged.Load()
-		if cur+n > s.opt.StagingCap {
-			s.pressure()
-			return fmt.Errorf("%d of %d bytes staged: %w", cur, s.opt.StagingCap, syscall.ENOSPC)
-		}
-		if s.staged.CompareAndSwap(cur, cur+n) {
-			return nil
-		}
-	}
-}
-
-// pressure expedites every dirty chunk, at most every 100 ms.
-func (s *Store) pressure() {
-	now := time.Now().UnixNano()
-	last := s.pressAt.Load()
-	if now-last < int64(100*time.Millisecond) || !s.pressAt.CompareAndSwap(last, now) {
-		return
-	}
-	s.schedMu.Lock()
-	for c := range s.dirty {
-		c.urgent = true
-		if c.failures == 0 {
-			c.dueAt = time.Now()
-		}
-	}
-	s.schedMu.Unlock()
-	s.kick()
-}
-
-// scheduler hands due chunks to the uploaders, urgent and oldest first.
-func (s *Store) scheduler() {
-	defer s.wg.Done()
-	timer := time.NewTimer(time.Hour)
-	defer timer.Stop()
-	for {
-		if s.keys.Locked() {
-			// coffer lock: staged data waits, as ciphertext, for unlock
-			// (Resume kicks; the timer is a fallback).
-			timer.Reset(time.Second)
-			select {
-			case <-s.kickCh:
-			case <-timer.C:
-			case <-s.bg.Done():
-				return
-			}
-			continue
-		}
-		now := time.Now()
-		next := now.Add(time.Hour)
-		var ready []*chunk
-		s.schedMu.Lock()
-		for c := range s.dirty {
-			if c.queued {
-				continue
-			}
-			if !c.dueAt.After(now) {
-				c.queued = true
-				ready = append(ready, c)
-			} else if c.dueAt.Before(next) {
-				next = c.dueAt
-			}
-		}
-		slices.SortFunc(ready, func(a, b *chunk) int {
-			if a.urgent != b.urgent {
-				if a.urgent {
-					return -1
-				}
-				return 1
-			}
-			return a.dueAt.Compare(b.dueAt)
-		})
-		s.schedMu.Unlock()
-		for _, c := range ready {
-			select {
-			case s.work <- c:
-			case <-s.bg.Done():
-				return
-			}
-		}
-		if len(ready) > 0 {
-			continue
-		}
-		timer.Reset(time.Until(next))
-		select {
-		case <-s.kickCh:
-		case <-timer.C:
-		case <-s.bg.Done():
-			return
-		}
-	}
-}
-
-func (s *Store) uploader() {
-	defer s.wg.Done()
-	for {
-		select {
-		case c := <-s.work:
-			s.runUpload(c)
-		case <-s.bg.Done():
-			return
-		}
-	}
-}
-
-// backoff is the wait before retrying a chunk after n failed uploads.
-func backoff(n int) time.Duration {
-	return min(100*time.Millisecond<<min(n-1, 10), 30*time.Second)
-}
-
-func (s *Store) runUpload(c *chunk) {
-	s.inFlight.Add(1)
-	w := s.wipes.Load()
-	err := s.upload(c)
-	s.inFlight.Add(-1)
-	if errors.Is(err, context.Canceled) && s.bg.Err() != nil {
-		err = nil // shutting down
-	}
-	// Locked (coffer lock) while uploading: not a failure; the chunk stays
-	// staged and goes first after unlock.
-	paused := err != nil && s.lockedDuring(err, w)
-	f := c.f
-	c.mu.RLock()
-	stillDirty := c.stg != nil && !c.dead
-	var uploadID int64
-	if c.stg != nil {
-		uploadID = c.stg.upload
-	}
-	s.schedMu.Lock()
-	c.queued = false
-	switch {
-	case !stillDirty:
-		delete(s.dirty, c)
-		c.failures, c.urgent = 0, false
-	case paused:
-		c.dueAt = time.Now()
-	case err != nil:
-		c.failures++
-		wait := backoff(c.failures)
-		if c.urgent {
-			wait = min(wait, time.Second)
-		}
-		c.dueAt = time.Now().Add(wait)
-	default:
-		c.failures = 0
-		if c.urgent {
-			c.dueAt = time.Now()
-		}
-	}
-	failures := c.failures
-	s.schedMu.Unlock()
-	c.mu.RUnlock()
-	if paused {
-		s.log.Debug("content: upload paused: the volume is locked", "ino", f.ino, "chunk", c.idx)
-	} else if err != nil {
-		msg := err.Error()
-		s.lastErr.Store(&msg)
-		if failures == 1 || failures%10 == 0 {
-			s.log.Warn("content: upload failed; the chunk stays staged and is retried", "ino", f.ino, "chunk", c.idx,
-				"attempts", failures, "err", err)
-		}
-		if uploadID != 0 && s.bg.Err() == nil {
-			_ = s.cat.SetUploadState(s.bg, uploadID, uploadStateFailing, msg)
-		}
-	}
-	s.kick()
-	s.notify()
-	if !stillDirty {
-		s.maybeFree(f)
-	}
-}
 
 var (
 	chunkBufPool sync.Pool // *[]byte, plaintext of one chunk
@@ -279,7 +47,8 @@ var errRetryNow = errors.New("chunk changed under the upload; retrying")
 // object in one catalog transaction (which queues the replaced object for
 // deletion). The staging file goes only if nothing was written to the
 // chunk since the snapshot; otherwise its blocks stay as valid overlays.
-func (s *Store) upload(c *chunk) error {
+func (u *uploader) upload(c *chunk) error {
+	s := u.dp
 	f := c.f
 	ctx := s.bg
 	B := int64(s.layout.BlockSize)
@@ -421,12 +190,13 @@ func (s *Store) upload(c *chunk) error {
 			return err
 		}
 	}
-	return s.commit(c, base, gen, stg, id, L, zero)
+	return u.commit(c, base, gen, stg, id, L, zero)
 }
 
 // commit records an uploaded chunk (or a chunk that turned out all zeros,
 // which is dropped instead of stored) in one catalog transaction.
-func (s *Store) commit(c *chunk, base *baseObj, gen uint64, stg *staging, id format.ID, L int64, zero bool) error {
+func (u *uploader) commit(c *chunk, base *baseObj, gen uint64, stg *staging, id format.ID, L int64, zero bool) error {
+	s := u.dp
 	f := c.f
 	ctx := s.bg
 	f.mu.RLock()
@@ -441,7 +211,7 @@ func (s *Store) commit(c *chunk, base *baseObj, gen uint64, stg *staging, id for
 			if err := s.cat.EnqueueDelete(ctx, meta.ObjectName(id), now, now); err != nil {
 				s.log.Warn("content: could not queue an unused object for deletion", "object", format.ObjectName(id), "err", err)
 			}
-			s.kickDeleter()
+			s.del.kick()
 		}
 	}
 	if c.dead || f.discarded.Load() || c.base != base {
@@ -477,7 +247,7 @@ func (s *Store) commit(c *chunk, base *baseObj, gen uint64, stg *staging, id for
 				s.log.Warn("content: dropping staged data of a deleted inode", "ino", f.ino, "chunk", c.idx)
 				c.dead = true
 				s.dropStaging(c)
-				s.forget(c)
+				u.forget(c)
 				_ = s.cat.CompleteUpload(ctx, stg.upload)
 				return nil
 			}
@@ -506,26 +276,7 @@ func (s *Store) commit(c *chunk, base *baseObj, gen uint64, stg *staging, id for
 		}
 	}
 	if old != nil || zero {
-		s.kickDeleter()
+		s.del.kick()
 	}
 	return nil
-}
-
-// dropStaging removes chunk c's staging file (its queue row is the
-// caller's business). c.mu is held.
-func (s *Store) dropStaging(c *chunk) {
-	st := c.stg
-	if st == nil {
-		return
-	}
-	c.stg = nil
-	st.close()
-	if err := os.Remove(st.path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		s.log.Warn("content: could not remove a staging file", "staging", st.name, "err", err)
-	}
-	s.staged.Add(-st.n * s.slot)
-	c.f.dirtyChunks.Add(-1)
-	s.mu.Lock()
-	delete(s.stgNames, st.name)
-	s.mu.Unlock()
 }

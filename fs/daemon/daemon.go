@@ -249,7 +249,7 @@ func CheckMountpoint(ctx context.Context, mnt string) error {
 }
 
 // status is the daemon's live view for `coffer status MOUNTPOINT`.
-func status(v *volume.Volume, data *content.Store, mc Config) control.Status {
+func status(v *volume.Volume, data *content.DataPath, mc Config) control.Status {
 	ctx := context.Background()
 	var token string
 	if mv, err := v.Catalog().Volume(ctx); err == nil {

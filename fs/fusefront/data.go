@@ -2,9 +2,9 @@ package fusefront
 
 import "context"
 
-// dataStore is what the node layer needs from the data path. content.Store
+// dataPath is what the node layer needs from the data path. content.DataPath
 // provides it (see New); tests wrap it to inject faults.
-type dataStore interface {
+type dataPath interface {
 	Open(ctx context.Context, ino uint64) (dataFile, error)
 	// Attr is the size and mtime of a file with open handles or staged
 	// writes; they override the catalog's.
@@ -26,7 +26,7 @@ type dataStore interface {
 }
 
 // dataFile is one open file of the data path, shared by every handle on the
-// inode (refcounted by the store).
+// inode (refcounted by the data path).
 type dataFile interface {
 	ReadAt(ctx context.Context, dst []byte, off int64) (int, error)
 	WriteAt(ctx context.Context, p []byte, off int64) (int, error)

@@ -13,7 +13,7 @@ import (
 // newTestData is the real data path the tests mount over (staging in the
 // test's directory, uploads to the volume's local-folder remote). Dirty
 // chunks upload after dirtyDelay (0: 50 ms).
-func newTestData(t *testing.T, v *volume.Volume, dir string, dirtyDelay time.Duration) dataStore {
+func newTestData(t *testing.T, v *volume.Volume, dir string, dirtyDelay time.Duration) dataPath {
 	t.Helper()
 	if dirtyDelay == 0 {
 		dirtyDelay = 50 * time.Millisecond
@@ -26,21 +26,21 @@ func newTestData(t *testing.T, v *volume.Volume, dir string, dirtyDelay time.Dur
 	if err := s.Recover(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	return contentStore{s}
+	return contentDataPath{s}
 }
 
-func closeTestData(t *testing.T, d dataStore) {
+func closeTestData(t *testing.T, d dataPath) {
 	t.Helper()
 	for {
 		if w, ok := d.(*counting); ok {
-			d = w.dataStore
+			d = w.dataPath
 			continue
 		}
 		break
 	}
-	cs, ok := d.(contentStore)
+	cs, ok := d.(contentDataPath)
 	if !ok {
-		t.Fatalf("data path %T is not the content store", d)
+		t.Fatalf("data path %T is not the content data path", d)
 	}
 	left, err := cs.Close(context.Background())
 	if err != nil || left != 0 {

@@ -13,7 +13,7 @@
 //     is older than mtime or ctime, or a day old, so reading costs a catalog
 //     write once after each change, never one per read(2).
 //   - Size and mtime of a file with open handles or staged writes come from
-//     the data path (content.Store.Attr), which owns them until they are
+//     the data path (content.DataPath.Attr), which owns them until they are
 //     flushed.
 //   - An unlinked file stays readable and writable through open handles; its
 //     rows, key record and objects go when the last handle is released (or at
@@ -97,7 +97,7 @@ var ErrDetached = errors.New("mount point busy: detached lazily; the daemon serv
 type FS struct {
 	vol  *volume.Volume
 	cat  *meta.Catalog
-	data dataStore
+	data dataPath
 	opt  Options
 	log  *slog.Logger
 
@@ -134,7 +134,7 @@ type FS struct {
 	revoked map[uint64]struct{}
 }
 
-func newFS(v *volume.Volume, data dataStore, opt Options) *FS {
+func newFS(v *volume.Volume, data dataPath, opt Options) *FS {
 	if opt.Logger == nil {
 		opt.Logger = slog.Default()
 	}

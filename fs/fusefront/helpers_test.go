@@ -35,7 +35,7 @@ type mounted struct {
 	dir  string // the mount point
 	fs   *FS
 	vol  *volume.Volume
-	data dataStore
+	data dataPath
 	log  *logBuffer
 }
 
@@ -44,7 +44,7 @@ type mountConfig struct {
 	perUser bool
 	derive  bool // key mode derive instead of wrap
 	// wrap, if set, wraps the data path (fault injection).
-	wrap func(dataStore) dataStore
+	wrap func(dataPath) dataPath
 	// before runs on the open volume before mounting.
 	before func(*volume.Volume)
 	// dirtyDelay is the data path's idle time before an upload (0: 50 ms).

@@ -29,9 +29,9 @@ func (m *mounted) stats() content.Stats {
 	m.t.Helper()
 	d := m.data
 	if c, ok := d.(*counting); ok {
-		d = c.dataStore
+		d = c.dataPath
 	}
-	return d.(contentStore).Stats()
+	return d.(contentDataPath).Stats()
 }
 
 // TestLock: coffer lock on a live mount. A descriptor opened (and read, so its pages are
@@ -43,7 +43,7 @@ func (m *mounted) stats() content.Stats {
 func TestLock(t *testing.T) {
 	var c *counting
 	m := mountFS(t, mountConfig{dirtyDelay: time.Hour,
-		wrap: func(d dataStore) dataStore { c = &counting{dataStore: d}; return c }})
+		wrap: func(d dataPath) dataPath { c = &counting{dataPath: d}; return c }})
 	dataA := patterned(1, 300<<10)
 	dataB := patterned(2, 100<<10)
 	dataC := patterned(3, 70<<10)

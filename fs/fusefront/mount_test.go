@@ -85,7 +85,7 @@ func TestMountOptions(t *testing.T) {
 
 // counting wraps the data path: it counts calls and injects errors.
 type counting struct {
-	dataStore
+	dataPath
 	reads, writes atomic.Int64
 	maxWrite      atomic.Int64
 	flushErr      atomic.Pointer[error]
@@ -95,7 +95,7 @@ type counting struct {
 }
 
 func (c *counting) Open(ctx context.Context, ino uint64) (dataFile, error) {
-	f, err := c.dataStore.Open(ctx, ino)
+	f, err := c.dataPath.Open(ctx, ino)
 	if err != nil {
 		return nil, err
 	}
@@ -104,12 +104,12 @@ func (c *counting) Open(ctx context.Context, ino uint64) (dataFile, error) {
 
 func (c *counting) Truncate(ctx context.Context, ino uint64, size int64) error {
 	c.truncates.Add(1)
-	return c.dataStore.Truncate(ctx, ino, size)
+	return c.dataPath.Truncate(ctx, ino, size)
 }
 
 // SetMtime forwards to the wrapped store if it has it.
 func (c *counting) SetMtime(ino uint64, m int64) {
-	if s, ok := c.dataStore.(mtimeSetter); ok {
+	if s, ok := c.dataPath.(mtimeSetter); ok {
 		s.SetMtime(ino, m)
 	}
 }
@@ -154,7 +154,7 @@ func (f *countingFile) Sync(ctx context.Context) error {
 
 func TestMaxWriteKeepCacheAndErrors(t *testing.T) {
 	var c *counting
-	m := mountFS(t, mountConfig{wrap: func(d dataStore) dataStore { c = &counting{dataStore: d}; return c }})
+	m := mountFS(t, mountConfig{wrap: func(d dataPath) dataPath { c = &counting{dataPath: d}; return c }})
 	data := bytes.Repeat([]byte("0123456789abcdef"), 4<<20/16) // 4 MiB
 	fh, err := os.Create(m.path("big"))
 	if err != nil {

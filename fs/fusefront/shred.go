@@ -16,7 +16,7 @@ import (
 //  1. RevokeFiles, before the key records go: every descriptor still open on the file fails
 //     from then on with EKEYREVOKED ("Key has been revoked": read, write, fsync, fallocate,
 //     lseek, fstat; close succeeds), and so does a new open; the data path drops the file's
-//     key, ciphers, staged writes and cached plaintext (content.Store.Revoke); the keyring
+//     key, ciphers, staged writes and cached plaintext (content.DataPath.Revoke); the keyring
 //     forgets its DEK; the kernel drops the file's cached pages, so that no read is served
 //     from them (FOPEN_KEEP_CACHE would otherwise).
 //  2. The caller deletes the key record, every directory entry and the inode in one catalog
@@ -24,7 +24,7 @@ import (
 //  3. FilesRemoved: the kernel forgets every cached name of the files (NotifyDelete), so
 //     the next lookup asks the catalog and finds nothing.
 
-// revoker is the data path's part (content.Store.Revoke).
+// revoker is the data path's part (content.DataPath.Revoke).
 type revoker interface {
 	Revoke(ctx context.Context, ino uint64) error
 }

@@ -110,7 +110,7 @@ func reencryptAll(ctx context.Context, v *volume.Volume, targets []keys.KEKRef, 
 		}
 	}
 	// Released intents, and old objects whose deletion failed, go now if they can.
-	d, _ := DrainDeletes(ctx, cat, v.Store(), opt.Logger)
+	d, _ := content.DrainDeletes(ctx, cat, v.Store(), opt.Logger, deleteWorkers)
 	res.DeletedObjects += d
 	if err := errors.Join(errs...); err != nil {
 		return err
@@ -371,23 +371,10 @@ func unopenable(err error) bool {
 // deleteOld deletes replaced objects now, Workers at a time (they are queued: what fails
 // stays queued for the daemon or the next command). It returns how many went.
 func (r *reencryptor) deleteOld(ctx context.Context, names []string) int {
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	n := 0
-	sem := make(chan struct{}, r.opt.Workers)
-	for _, name := range names {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			if deleteOne(ctx, r.v.Catalog(), r.v.Store(), meta.PendingDelete{Name: name}, r.opt.Logger) {
-				mu.Lock()
-				n++
-				mu.Unlock()
-			}
-		}()
+	ds := make([]meta.PendingDelete, len(names))
+	for i, name := range names {
+		ds[i] = meta.PendingDelete{Name: name} // just queued: no attempt yet
 	}
-	wg.Wait()
+	n, _ := content.DeleteQueued(ctx, r.v.Catalog(), r.v.Store(), r.opt.Logger, r.opt.Workers, ds)
 	return n
 }

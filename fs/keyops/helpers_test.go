@@ -181,7 +181,7 @@ func (e *tvol) writeFile(name string, uid uint32, data []byte) meta.Inode {
 	if _, err := e.v.Catalog().Rename(ctx, meta.RootIno, []byte(name+"0"), meta.RootIno, []byte(name), 0, time.Now().UnixNano(), true); err != nil {
 		e.t.Fatal(err)
 	}
-	s := e.store()
+	s := e.dataPath()
 	f, err := s.Open(ctx, ino)
 	if err != nil {
 		e.t.Fatal(err)
@@ -194,7 +194,7 @@ func (e *tvol) writeFile(name string, uid uint32, data []byte) meta.Inode {
 	}
 	f.Flush(ctx)
 	f.Release(ctx)
-	e.closeStore(s)
+	e.closeDataPath(s)
 	in, err := e.v.Catalog().GetInode(ctx, ino)
 	if err != nil {
 		e.t.Fatal(err)
@@ -205,8 +205,8 @@ func (e *tvol) writeFile(name string, uid uint32, data []byte) meta.Inode {
 // readFile reads a file's whole content through the data path.
 func (e *tvol) readFile(ino uint64) ([]byte, error) {
 	e.t.Helper()
-	s := e.store()
-	defer e.closeStore(s)
+	s := e.dataPath()
+	defer e.closeDataPath(s)
 	f, err := s.Open(ctx, ino)
 	if err != nil {
 		return nil, err
@@ -220,7 +220,7 @@ func (e *tvol) readFile(ino uint64) ([]byte, error) {
 	return buf[:n], nil
 }
 
-func (e *tvol) store() *content.Store {
+func (e *tvol) dataPath() *content.DataPath {
 	e.t.Helper()
 	s, err := content.New(e.v, content.Options{StagingDir: filepath.Join(e.state, "staging"), Logger: quiet, DirtyDelay: time.Hour})
 	if err != nil {
@@ -229,7 +229,7 @@ func (e *tvol) store() *content.Store {
 	return s
 }
 
-func (e *tvol) closeStore(s *content.Store) {
+func (e *tvol) closeDataPath(s *content.DataPath) {
 	e.t.Helper()
 	if left, err := s.Close(ctx); err != nil || left != 0 {
 		e.t.Fatalf("close data path: %d left staged, %v", left, err)

@@ -26,7 +26,7 @@ type RotateOptions struct {
 	Workers   int    // concurrent re-wraps (default GOMAXPROCS, at least 2), or re-encryptions (derive mode, default 2-4)
 	// ChunkBatch is how many chunks derive mode re-encrypts per catalog transaction (default 32).
 	ChunkBatch int
-	// Mounted says a data path (content.Store) runs on the volume: the daemon rotating a live
+	// Mounted says a data path (content.DataPath) runs on the volume: the daemon rotating a live
 	// mount. Derive mode then refuses with ErrDeriveMounted (it swaps and deletes chunk objects
 	// the data path may hold); wrap mode does not care.
 	Mounted bool
@@ -130,7 +130,7 @@ const (
 // files are re-keyed instead of re-wrapped (reencryptAll, FORMAT.md 9.3.2): every record moves
 // to the new version keeping its salt, and every chunk sealed under an older version is
 // re-encrypted into a new object, swapped in by compare-and-swap, and its old object deleted.
-// That needs the volume unmounted: no data path (content.Store) may run on it meanwhile.
+// That needs the volume unmounted: no data path (content.DataPath) may run on it meanwhile.
 func Rotate(ctx context.Context, v *volume.Volume, opt RotateOptions) (res RotateResult, err error) {
 	start := time.Now()
 	if v.KeyMode != keys.ModeWrap && v.KeyMode != keys.ModeDerive {

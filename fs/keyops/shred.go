@@ -2,22 +2,19 @@ package keyops
 
 import (
 	"context"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
-	"coffer/crypto/format"
+	"coffer/fs/content"
 	"coffer/fs/meta"
 	"coffer/fs/volume"
 	"coffer/keys"
-	"coffer/remote"
 )
 
 // ShredOptions tune the shred operations.
@@ -213,81 +210,13 @@ func finishShred(ctx context.Context, v *volume.Volume, opt ShredOptions, res *S
 	if res.Queued, err = v.Catalog().PendingDeletes(ctx); err != nil {
 		return err
 	}
-	res.Deleted, res.DeleteFailed = DrainDeletes(ctx, v.Catalog(), v.Store(), opt.Logger)
+	res.Deleted, res.DeleteFailed = content.DrainDeletes(ctx, v.Catalog(), v.Store(), opt.Logger, deleteWorkers)
 	sealCurrent(ctx, v, opt.Logger)
 	return nil
 }
 
-// DrainDeletes deletes every due object on the delete queue from the remote, 8 at a time,
-// once each; an object that fails stays queued (retried later by the daemon). It returns how
-// many were deleted and how many failed.
-func DrainDeletes(ctx context.Context, cat *meta.Catalog, store remote.Store, log *slog.Logger) (deleted, failed int) {
-	if log == nil {
-		log = slog.Default()
-	}
-	tried := map[string]bool{}
-	for ctx.Err() == nil {
-		ds, err := cat.NextDeletes(ctx, time.Now().UnixNano(), 256)
-		if err != nil {
-			log.Warn("cannot read the delete queue", "err", err)
-			return
-		}
-		var todo []meta.PendingDelete
-		for _, d := range ds {
-			if !tried[d.Name] {
-				tried[d.Name] = true
-				todo = append(todo, d)
-			}
-		}
-		if len(todo) == 0 {
-			return
-		}
-		var mu sync.Mutex
-		var wg sync.WaitGroup
-		sem := make(chan struct{}, 8)
-		for _, d := range todo {
-			wg.Add(1)
-			sem <- struct{}{}
-			go func() {
-				defer wg.Done()
-				defer func() { <-sem }()
-				ok := deleteOne(ctx, cat, store, d, log)
-				mu.Lock()
-				if ok {
-					deleted++
-				} else {
-					failed++
-				}
-				mu.Unlock()
-			}()
-		}
-		wg.Wait()
-	}
-	return
-}
-
-func deleteOne(ctx context.Context, cat *meta.Catalog, store remote.Store, d meta.PendingDelete, log *slog.Logger) bool {
-	name := d.Name
-	if len(name) == 2*format.IDSize { // a chunk object queued by id
-		if b, err := hex.DecodeString(name); err == nil {
-			name = format.ObjectName(format.ID(b))
-		}
-	}
-	if err := remote.ValidName(name); err != nil {
-		log.Warn("delete queue holds an invalid object name; leaving it queued", "name", d.Name)
-		return false
-	}
-	err := store.Delete(ctx, name)
-	if err != nil && !errors.Is(err, remote.ErrNotFound) {
-		log.Warn("could not delete a queued object; it stays queued", "object", name, "err", err)
-		_ = cat.DeleteFailed(ctx, d.Name, time.Now().Add(time.Minute).UnixNano(), err.Error())
-		return false
-	}
-	if err := cat.DeleteDone(ctx, d.Name); err != nil {
-		log.Warn("could not take a deleted object off the queue", "object", name, "err", err)
-	}
-	return true
-}
+// deleteWorkers is how many remote deletes an offline drain of the delete queue runs at a time.
+const deleteWorkers = 8
 
 // ShredUser makes every file of uid unrecoverable on a volume made with per-user KEKs: every
 // version of the user's chain u<uid> is destroyed (catalog first, then the HSM), then the

@@ -530,7 +530,7 @@ func openProvider(ctx context.Context, cat *meta.Catalog, mv meta.Volume, secret
 // Lock wipes every key of the volume now (coffer lock): the DEK cache is zeroed and the
 // provider wiped (HSM sessions closed, passphrase keys zeroed). Until Unlock every key
 // operation fails with keys.ErrLocked; the catalog and the store stay open, so metadata
-// keeps working. The data path holds its own copies of file keys: content.Store.WipeKeys
+// keeps working. The data path holds its own copies of file keys: content.DataPath.WipeKeys
 // wipes them (fusefront.FS.Lock does both). The volume is locked even if Lock returns an error (an
 // HSM that did not close its sessions in time).
 func (v *Volume) Lock() error {

@@ -19,7 +19,7 @@ import (
 	"coffer/remote"
 )
 
-// Options tune a Store. Zero values take the defaults.
+// Options tune a DataPath. Zero values take the defaults.
 type Options struct {
 	StagingDir  string        // created 0700; ciphertext only
 	CacheBytes  int64         // plaintext block cache cap (default 256 MiB)
@@ -71,12 +71,23 @@ func (o Options) withDefaults() Options {
 // MaxFileSize is the largest file size the data path accepts (EFBIG beyond).
 const MaxFileSize = 1 << 60
 
-// Store is the data path of one mounted volume: it reads and writes file
+// DataPath is the data path of one mounted volume: it reads and writes file
 // content through a block cache and a ciphertext staging area, uploads
 // dirty chunks in the background and drains the delete queue. Its methods
 // are safe for concurrent use; there is no global lock on the data path
 // (per-file and per-chunk locks only).
-type Store struct {
+//
+// DataPath holds what its parts share; the upload scheduler (uploader,
+// uploader.go) and the delete-queue worker (deleter.go) have their own
+// state. Reads are read.go and fetch.go (block cache: cache.go), writes
+// write.go, staging.go and upload.go.
+//
+// Locking: a File's mu, then one of its chunks' mu, then the File's
+// commitMu (see File). mu (the open-file table: files, each File's
+// handles, pins and gone; stgNames; closed) and uploader.schedMu are taken
+// under those or alone, never around them, and nothing is locked while
+// either is held. wipeMu serializes WipeKeys.
+type DataPath struct {
 	cat    *meta.Catalog
 	keys   keyring
 	remote remote.Store
@@ -84,12 +95,12 @@ type Store struct {
 	volID  format.ID
 	opt    Options
 	log    *slog.Logger
-	dir    string
-	slot   int64 // bytes of one staged block slot
+	dir    string // the staging directory
+	slot   int64  // bytes of one staged block slot
 
-	bg   context.Context
+	bg   context.Context // the workers' and prefetches' context; cancelled by shutdown
 	stop context.CancelFunc
-	wg   sync.WaitGroup
+	wg   sync.WaitGroup // workers and prefetches
 
 	mu       sync.Mutex
 	files    map[uint64]*File
@@ -101,36 +112,25 @@ type Store struct {
 	wipes  atomic.Uint64 // bumped at the start and at the end of WipeKeys: odd while one runs
 	wipeMu sync.Mutex    // serializes WipeKeys
 
-	// upload scheduling (see upload.go)
-	schedMu  sync.Mutex
-	dirty    map[*chunk]struct{}
-	kickCh   chan struct{}
-	work     chan *chunk
-	inFlight atomic.Int64
-	lastErr  atomic.Pointer[string]
-	pressAt  atomic.Int64 // last time staging pressure expedited uploads (ns)
-
-	notifyMu sync.Mutex
-	notifyCh chan struct{} // closed and replaced when an upload ends
-
-	delKick     chan struct{}
-	prefetchSem chan struct{}
+	up          *uploader     // the upload scheduler and workers (uploader.go)
+	del         *deleter      // the delete-queue worker (deleter.go)
+	prefetchSem chan struct{} // bounds the prefetches running at once
 	seal        *sealLog
 }
 
 // New starts the data path of an open volume: it creates the staging
 // directory and starts the upload workers and the deleter. Call Recover
 // next to pick up what a previous run left staged, and Close at the end.
-func New(v *volume.Volume, opt Options) (*Store, error) {
+func New(v *volume.Volume, opt Options) (*DataPath, error) {
 	opt = opt.withDefaults()
 	if v == nil || v.Catalog() == nil || v.Store() == nil || v.Keys() == nil {
-		return nil, errors.New("content: new store: the volume is not open")
+		return nil, errors.New("content: new data path: the volume is not open")
 	}
 	if err := v.Layout.Validate(); err != nil {
-		return nil, fmt.Errorf("content: new store: %w", err)
+		return nil, fmt.Errorf("content: new data path: %w", err)
 	}
 	if opt.StagingDir == "" {
-		return nil, errors.New("content: new store: no staging directory given")
+		return nil, errors.New("content: new data path: no staging directory given")
 	}
 	if err := os.MkdirAll(opt.StagingDir, 0o700); err != nil {
 		return nil, fmt.Errorf("content: create staging directory: %w", err)
@@ -142,7 +142,7 @@ func New(v *volume.Volume, opt Options) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Store{
+	s := &DataPath{
 		cat:         v.Catalog(),
 		keys:        v.Keys(),
 		remote:      v.Store(),
@@ -155,21 +155,18 @@ func New(v *volume.Volume, opt Options) (*Store, error) {
 		files:       make(map[uint64]*File),
 		stgNames:    make(map[string]bool),
 		cache:       newBlockCache(opt.CacheBytes),
-		dirty:       make(map[*chunk]struct{}),
-		kickCh:      make(chan struct{}, 1),
-		work:        make(chan *chunk),
-		notifyCh:    make(chan struct{}),
-		delKick:     make(chan struct{}, 1),
 		prefetchSem: make(chan struct{}, 8),
 		seal:        seal,
 	}
+	s.up = newUploader(s)
+	s.del = newDeleter(v.Catalog(), v.Store(), opt.Logger, opt.Uploaders)
 	s.bg, s.stop = context.WithCancel(context.Background())
 	s.wg.Add(2 + opt.Uploaders)
-	go s.scheduler()
-	go s.deleter()
-	for range opt.Uploaders {
-		go s.uploader()
-	}
+	s.up.start(opt.Uploaders)
+	go func() {
+		defer s.wg.Done()
+		s.del.run(s.bg)
+	}()
 	return s, nil
 }
 
@@ -187,24 +184,13 @@ type Stats struct {
 }
 
 // Stats returns the current counters.
-func (s *Store) Stats() Stats {
+func (s *DataPath) Stats() Stats {
 	st := Stats{
-		StagedBytes:     s.staged.Load(),
-		UploadsInFlight: s.inFlight.Load(),
-		CacheBytes:      s.cache.bytes.Load(),
-		Locked:          s.keys.Locked(),
+		StagedBytes: s.staged.Load(),
+		CacheBytes:  s.cache.bytes.Load(),
+		Locked:      s.keys.Locked(),
 	}
-	if p := s.lastErr.Load(); p != nil {
-		st.LastUploadError = *p
-	}
-	s.schedMu.Lock()
-	st.DirtyChunks = int64(len(s.dirty))
-	for c := range s.dirty {
-		if c.failures > 0 {
-			st.UploadsFailing++
-		}
-	}
-	s.schedMu.Unlock()
+	s.up.stats(&st)
 	s.mu.Lock()
 	files := make([]*File, 0, len(s.files))
 	for _, f := range s.files {
@@ -222,7 +208,7 @@ func (s *Store) Stats() Stats {
 
 // Attr returns the size and mtime of a file the data path holds (open, or
 // with staged changes): they override the catalog's, which lag behind.
-func (s *Store) Attr(ino uint64) (size, mtimeNs int64, ok bool) {
+func (s *DataPath) Attr(ino uint64) (size, mtimeNs int64, ok bool) {
 	s.mu.Lock()
 	f := s.files[ino]
 	s.mu.Unlock()
@@ -243,7 +229,7 @@ func (s *Store) Attr(ino uint64) (size, mtimeNs int64, ok bool) {
 // SetMtime tells the data path that the node layer changed a file's mtime
 // (utimens), so that Attr and later commits carry it instead of the last
 // write's time. It does nothing for a file the data path does not hold.
-func (s *Store) SetMtime(ino uint64, mtimeNs int64) {
+func (s *DataPath) SetMtime(ino uint64, mtimeNs int64) {
 	s.mu.Lock()
 	f := s.files[ino]
 	s.mu.Unlock()
@@ -269,7 +255,7 @@ func (s *Store) SetMtime(ino uint64, mtimeNs int64) {
 // anything is staged. Staged data stays staged (ciphertext) and uploads
 // pause, without counting as failures, until Resume after unlock. Each key
 // is re-opened through the keyring on next use.
-func (s *Store) WipeKeys() {
+func (s *DataPath) WipeKeys() {
 	s.wipeMu.Lock()
 	defer s.wipeMu.Unlock()
 	s.wipes.Add(1)
@@ -279,24 +265,24 @@ func (s *Store) WipeKeys() {
 		f.wipeKeys()
 	}
 	s.cache.wipe()
-	s.notify() // fsync waiters see the lock
+	s.up.notify() // fsync waiters see the lock
 }
 
 // Resume restarts uploads paused by a lock, at once (call it after the
 // keyring is unlocked; without it they resume within a second).
-func (s *Store) Resume() {
-	s.kick()
+func (s *DataPath) Resume() {
+	s.up.kick()
 }
 
 // Open returns the File of regular file ino, shared by all its handles;
 // each Open must be paired with one Release.
-func (s *Store) Open(ctx context.Context, ino uint64) (*File, error) {
+func (s *DataPath) Open(ctx context.Context, ino uint64) (*File, error) {
 	return s.acquire(ctx, ino, true)
 }
 
 // acquire finds or loads the File of ino and takes a handle (handle) or a
 // pin (internal users: truncate of a closed file, recovery, prefetch).
-func (s *Store) acquire(ctx context.Context, ino uint64, handle bool) (*File, error) {
+func (s *DataPath) acquire(ctx context.Context, ino uint64, handle bool) (*File, error) {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -342,7 +328,7 @@ func (s *Store) acquire(ctx context.Context, ino uint64, handle bool) (*File, er
 
 // drop gives back a handle or a pin, and frees the File if it was the last
 // user and nothing is staged.
-func (s *Store) drop(f *File, handle bool) {
+func (s *DataPath) drop(f *File, handle bool) {
 	s.mu.Lock()
 	if handle {
 		f.handles--
@@ -355,7 +341,7 @@ func (s *Store) drop(f *File, handle bool) {
 
 // maybeFree forgets a File nobody uses and that has nothing staged: its
 // size and mtime are committed first, then its keys are wiped.
-func (s *Store) maybeFree(f *File) {
+func (s *DataPath) maybeFree(f *File) {
 	for range 3 {
 		s.mu.Lock()
 		if f.gone || f.handles > 0 || f.pins > 0 || f.dirtyChunks.Load() > 0 {
@@ -395,31 +381,17 @@ func (s *Store) maybeFree(f *File) {
 	s.mu.Unlock()
 }
 
-// liveFiles is a snapshot of the files the store holds.
-func (s *Store) liveFiles() []*File {
+// liveFiles is a snapshot of the files the data path holds.
+func (s *DataPath) liveFiles() []*File {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return slices.Collect(maps.Values(s.files))
 }
 
-// notify wakes everyone waiting for uploads to progress.
-func (s *Store) notify() {
-	s.notifyMu.Lock()
-	close(s.notifyCh)
-	s.notifyCh = make(chan struct{})
-	s.notifyMu.Unlock()
-}
-
-func (s *Store) notifyChan() <-chan struct{} {
-	s.notifyMu.Lock()
-	defer s.notifyMu.Unlock()
-	return s.notifyCh
-}
-
 // SyncAll uploads everything staged and makes the catalog durable. It waits
 // until ctx ends (or SyncTimeout if ctx has no deadline) and then fails
 // with EIO, leaving what could not be uploaded staged.
-func (s *Store) SyncAll(ctx context.Context) error {
+func (s *DataPath) SyncAll(ctx context.Context) error {
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, s.opt.SyncTimeout)
@@ -429,7 +401,7 @@ func (s *Store) SyncAll(ctx context.Context) error {
 	for _, f := range s.liveFiles() {
 		targets = append(targets, f.dirtyTargets()...)
 	}
-	if err := s.waitUploaded(ctx, targets, "sync all"); err != nil {
+	if err := s.up.waitUploaded(ctx, targets, "sync all"); err != nil {
 		return err
 	}
 	for _, f := range s.liveFiles() {
@@ -455,7 +427,7 @@ func (s *Store) SyncAll(ctx context.Context) error {
 // workers (aborting uploads still running), wipes every key it holds and
 // reports how many bytes stay staged for the next mount. It does not close
 // the volume.
-func (s *Store) Close(ctx context.Context) (stagedLeft int64, err error) {
+func (s *DataPath) Close(ctx context.Context) (stagedLeft int64, err error) {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -476,7 +448,7 @@ func (s *Store) Close(ctx context.Context) (stagedLeft int64, err error) {
 
 // shutdown stops the workers, closes staging files and wipes keys, without
 // uploading anything (Close after SyncAll; tests simulate a crash with it).
-func (s *Store) shutdown() {
+func (s *DataPath) shutdown() {
 	s.stop()
 	s.wg.Wait()
 	s.mu.Lock()
@@ -506,15 +478,15 @@ func (s *Store) shutdown() {
 
 // Idle says whether the data path holds nothing of inode ino: no handle, no
 // pin, nothing staged (a File stays in memory until its uploads commit).
-func (s *Store) Idle(ino uint64) bool {
+func (s *DataPath) Idle(ino uint64) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.files[ino] == nil
 }
 
 // StagedBytes is how much of ino's content is staged locally and not yet in a committed
-// object (whole blocks), for st_blocks; 0 for a file the store does not hold.
-func (s *Store) StagedBytes(ino uint64) int64 {
+// object (whole blocks), for st_blocks; 0 for a file the data path does not hold.
+func (s *DataPath) StagedBytes(ino uint64) int64 {
 	s.mu.Lock()
 	f := s.files[ino]
 	s.mu.Unlock()
