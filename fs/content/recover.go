@@ -179,3 +179,28 @@ func (s *DataPath) recoverUpload(ctx context.Context, u meta.Upload) (bool, erro
 	s.up.expedite(c)
 	return true, nil
 }
+
+// DiscardStaged drops what the upload queue holds for the files in inos while no data path
+// runs on the volume (an offline shred): each row's staging file in stagingDir, then the
+// row. It returns how many rows went. A live mount drops them through the data path instead
+// (RevokeFiles).
+func DiscardStaged(ctx context.Context, cat *meta.Catalog, stagingDir string, inos map[uint64]bool) (int, error) {
+	ups, err := cat.ListUploads(ctx, "", 0, 0)
+	if err != nil {
+		return 0, metaErr(err, "discard staged data: read the upload queue")
+	}
+	n := 0
+	for _, u := range ups {
+		if !inos[u.Ino] {
+			continue
+		}
+		if _, err := parseStagingName(u.Staging); err == nil {
+			_ = os.Remove(filepath.Join(stagingDir, u.Staging))
+		}
+		if err := cat.CompleteUpload(ctx, u.ID); err != nil && !errors.Is(err, syscall.ENOENT) {
+			return n, metaErr(err, "discard staged data: clear upload %d", u.ID)
+		}
+		n++
+	}
+	return n, nil
+}

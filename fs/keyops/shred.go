@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -188,25 +186,17 @@ func finishShred(ctx context.Context, v *volume.Volume, opt ShredOptions, res *S
 	for _, ino := range res.ShreddedInode {
 		gone[ino] = true
 	}
-	ups, err := v.Catalog().ListUploads(ctx, "", 0, 0)
-	if err != nil {
-		return err
-	}
-	for _, u := range ups {
-		if !gone[u.Ino] || opt.Live != nil { // live: the data path dropped them (Revoke)
-			continue
-		}
-		if u.Staging == filepath.Base(u.Staging) && u.Staging != "" && u.Staging != "." && u.Staging != ".." {
-			_ = os.Remove(filepath.Join(opt.StagingDir, u.Staging))
-		}
-		if err := v.Catalog().CompleteUpload(ctx, u.ID); err != nil && !errors.Is(err, syscall.ENOENT) {
+	if opt.Live == nil { // live: the data path dropped them (RevokeFiles)
+		n, err := content.DiscardStaged(ctx, v.Catalog(), opt.StagingDir, gone)
+		res.StagingFreed += n
+		if err != nil {
 			return err
 		}
-		res.StagingFreed++
 	}
 	if err := v.Catalog().PurgeDeleted(ctx); err != nil {
 		return fmt.Errorf("shred: erase the key records from the catalog files: %w", err)
 	}
+	var err error
 	if res.Queued, err = v.Catalog().PendingDeletes(ctx); err != nil {
 		return err
 	}
