@@ -13,9 +13,14 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
+	"runtime"
 	"sort"
 	"strings"
 	"syscall"
+	"time"
+
+	"coffer/crypto/secmem"
 )
 
 // command is one subcommand: its one-line synopsis and the function that runs it.
@@ -48,8 +53,56 @@ type usageError struct{ msg string }
 func (e usageError) Error() string { return e.msg }
 
 func main() {
-	env := &cliEnv{stdin: os.Stdin, stdout: os.Stdout, stderr: os.Stderr, getenv: os.Getenv, unsetenv: os.Unsetenv}
-	os.Exit(run(env, os.Args[1:]))
+	reexecHardened()
+	env := &cliEnv{stdin: os.Stdin, stdout: os.Stdout, stderr: os.Stderr, getenv: os.Getenv, unsetenv: eraseEnv}
+	code := run(env, os.Args[1:])
+	holdBeforeExit()
+	os.Exit(code)
+}
+
+// secretCommands may read a PIN or passphrase and then hold keys.
+var secretCommands = map[string]bool{"init": true, "mount": true, "unlock": true, "rotate": true,
+	"shred": true, "passwd": true, "audit": true}
+
+// reexecHardened re-runs this process, same pid, arguments and descriptors, with the
+// environment settings that make freed memory get overwritten (secmem.HardenedEnv: the Go
+// runtime and glibc read them at start only), before a command that may read a secret does
+// anything. If exec fails the command runs as it is, with a warning.
+func reexecHardened() {
+	if len(os.Args) < 2 || !secretCommands[os.Args[1]] || secmem.EnvHardened() {
+		return
+	}
+	exe, err := os.Executable()
+	if err == nil {
+		err = syscall.Exec(exe, os.Args, secmem.HardenedEnv(os.Environ()))
+	}
+	fmt.Fprintf(os.Stderr, "coffer: warning: could not re-run hardened (%v): freed memory may keep copies of keys\n", err)
+}
+
+// holdBeforeExit is a test hook for the memory scan of an offline key command: with
+// COFFER_TEST_HOLD_EXIT=DIR, once rotate, shred, passwd or audit is done, the process makes
+// the collector free (and so overwrite) what it dropped, creates DIR/held and waits (at most
+// a minute) for DIR/release.
+func holdBeforeExit() {
+	dir := os.Getenv("COFFER_TEST_HOLD_EXIT")
+	if dir == "" || len(os.Args) < 2 {
+		return
+	}
+	switch os.Args[1] {
+	case "rotate", "shred", "passwd", "audit":
+	default:
+		return
+	}
+	runtime.GC()
+	runtime.GC()
+	if err := os.WriteFile(filepath.Join(dir, "held"), nil, 0o600); err != nil {
+		return
+	}
+	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if _, err := os.Stat(filepath.Join(dir, "release")); err == nil {
+			return
+		}
+	}
 }
 
 func run(env *cliEnv, args []string) int {

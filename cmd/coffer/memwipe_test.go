@@ -105,7 +105,7 @@ func testWipe(t *testing.T, mode string) {
 
 	known := learnKeys(t, mode, w.state, w.secret)
 	pid := w.mount(t, mountEnv)
-	checkHardening(t, pid, w.secret)
+	checkHardening(t, "the daemon", pid, w.secret)
 	for round := 1; round <= 5; round++ {
 		w.use(t, round)
 		pats := known.patterns(t, w.sealLog)
@@ -217,10 +217,11 @@ func dropPageCache(f *os.File) {
 	_ = unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED)
 }
 
-// checkHardening checks what the wipe relies on in the running daemon: its memory locked
-// (never swapped), no core files, the settings that make freed memory get overwritten, and
-// the secret in neither its environment nor its argv.
-func checkHardening(t *testing.T, pid int, secret []byte) {
+// checkHardening checks what the wipe relies on in a running coffer process (the daemon, a
+// foreground mount's parent, an offline key command): its memory locked (never swapped), no
+// core files, the settings that make freed memory get overwritten, and the secret in neither
+// its environment nor its argv.
+func checkHardening(t *testing.T, who string, pid int, secret []byte) {
 	t.Helper()
 	read := func(name string) string {
 		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/%s", pid, name))
@@ -233,22 +234,115 @@ func checkHardening(t *testing.T, pid int, secret []byte) {
 	environ, cmdline := read("environ"), read("cmdline")
 	for _, line := range strings.Split(status, "\n") {
 		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmLck:" && os.Geteuid() == 0 && f[1] == "0" {
-			t.Errorf("the daemon runs as root but locked no memory (mlockall): %s", line)
+			t.Errorf("%s runs as root but locked no memory (mlockall): %s", who, line)
 		}
 	}
 	for _, line := range strings.Split(limits, "\n") {
 		if f := strings.Fields(line); strings.HasPrefix(line, "Max core file size") && (len(f) < 6 || f[4] != "0" || f[5] != "0") {
-			t.Errorf("the daemon may write core files: %q", line)
+			t.Errorf("%s may write core files: %q", who, line)
 		}
 	}
 	env := strings.Split(environ, "\x00")
 	for _, want := range []string{"GODEBUG=clobberfree=1", "GLIBC_TUNABLES=glibc.malloc.tcache_count=0", "MALLOC_PERTURB_=165"} {
 		if !slices.Contains(env, want) {
-			t.Errorf("the daemon's environment lacks %s", want)
+			t.Errorf("%s's environment lacks %s", who, want)
 		}
 	}
 	if strings.Contains(environ, string(secret)) || strings.Contains(cmdline, string(secret)) {
-		t.Errorf("the PIN or passphrase is in the daemon's environment or argv")
+		t.Errorf("the PIN or passphrase is in %s's environment or argv", who)
+	}
+}
+
+// TestForegroundParentHoldsNoSecret: `coffer mount --foreground` stays for the whole mount as
+// the daemon's parent. Once the mount is ready it holds no copy of the passphrase (heap,
+// stack, or the environment block /proc/PID/environ shows, which os.Unsetenv does not clear),
+// and it is hardened as the daemon is.
+func TestForegroundParentHoldsNoSecret(t *testing.T) {
+	state, mnt, env := passVolume(t)
+	secret := []byte(strings.TrimPrefix(env[0], "COFFER_PASSPHRASE="))
+	cmd := exec.Command(binary, "mount", "--foreground", "--state", state, mnt)
+	for _, e := range os.Environ() {
+		if !strings.HasPrefix(e, "COFFER_") {
+			cmd.Env = append(cmd.Env, e)
+		}
+	}
+	cmd.Env = append(cmd.Env, env...)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		coffer(t, nil, "unmount", mnt)
+		cmd.Wait()
+	}()
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil || !strings.HasPrefix(line, "mounted ") {
+		t.Fatalf("mount --foreground: %q, %v", line, err)
+	}
+	go io.Copy(io.Discard, out)
+	pid := cmd.Process.Pid
+	checkHardening(t, "the foreground parent", pid, secret)
+	hits := scanMemory(t, pid, []secretPattern{{"passphrase", secret}, {"state path (control)", []byte(state)}})
+	if hits.count("state path (control)") == 0 {
+		t.Fatalf("the scan did not find the state path in the parent: the scanner is blind (%s)", hits)
+	}
+	if n := hits.count("passphrase"); n > 0 {
+		t.Errorf("the foreground parent still holds the passphrase %d times once the mount is ready", n)
+	}
+}
+
+// TestOfflineCommandHoldsNoKey: an offline key command (rotate on an unmounted passphrase
+// volume, which unwraps and re-wraps every DEK) is hardened as the daemon is, and once it is
+// done (held just before exit) its memory holds neither the passphrase, the Argon2id output,
+// the KWK, the KEK nor any DEK.
+func TestOfflineCommandHoldsNoKey(t *testing.T) {
+	l := newLCVol(t, true, false, false)
+	l.populate(t, "f", 12, 0, []byte("offline scan"))
+	known := learnKeys(t, "passphrase", l.state, l.secret)
+	hold := filepath.Join(l.dir, "hold")
+	os.Mkdir(hold, 0o700)
+	t.Cleanup(func() { os.WriteFile(filepath.Join(hold, "release"), nil, 0o600) })
+	cmd := exec.Command(binary, "rotate", "--state", l.state)
+	for _, e := range os.Environ() {
+		if !strings.HasPrefix(e, "COFFER_") {
+			cmd.Env = append(cmd.Env, e)
+		}
+	}
+	cmd.Env = append(cmd.Env, append(l.env, "COFFER_TEST_HOLD_EXIT="+hold)...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(20 * time.Millisecond) {
+		if fileExists(filepath.Join(hold, "held")) {
+			break
+		}
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			t.Fatalf("coffer rotate never reached its exit hold: %s", stderr.String())
+		}
+	}
+	pid := cmd.Process.Pid
+	checkHardening(t, "coffer rotate", pid, l.secret)
+	pats := append([]secretPattern{{"state path (control)", []byte(l.state)}}, known.fixed...)
+	for _, dek := range known.deks {
+		pats = append(pats, secretPattern{"DEK", dek})
+	}
+	hits := scanMemory(t, pid, pats)
+	if hits.count("state path (control)") == 0 {
+		t.Fatalf("the scan did not find the state path in coffer rotate: the scanner is blind (%s)", hits)
+	}
+	delete(hits.found, "state path (control)")
+	if len(hits.found) > 0 {
+		t.Errorf("once done, coffer rotate still holds: %s", hits)
+	}
+	os.WriteFile(filepath.Join(hold, "release"), nil, 0o600)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("coffer rotate: %v: %s", err, stderr.String())
 	}
 }
 

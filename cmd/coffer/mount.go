@@ -172,6 +172,7 @@ func spawnDaemon(env *cliEnv, mc mountConfig, args []string, secret []byte) erro
 	secR.Close()
 	_, werr := secW.Write(secret)
 	secW.Close()
+	clear(secret) // the daemon has it; with --foreground we stay for the whole mount
 	if werr != nil {
 		cmd.Process.Kill()
 		return fmt.Errorf("hand the secret to the daemon: %w", werr)

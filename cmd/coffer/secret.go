@@ -5,10 +5,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
+	"sync"
 
+	"coffer/crypto/secmem"
 	"coffer/fs/meta"
 
+	"golang.org/x/sys/unix"
 	"golang.org/x/term"
 )
 
@@ -43,13 +47,23 @@ func stateSecret(ctx context.Context, state, pinFile, passFile string) (secretSo
 	return volumeSecret(v.Provider, v.HSMToken, pinFile, passFile), nil
 }
 
-// readSecret returns the secret from the environment, a file, or a terminal prompt. The
-// environment variable is removed from this process afterwards so that it is not inherited
-// by anything coffer starts. The caller zeroes the returned slice when done.
+// readSecret returns the secret from the environment, a file, or a terminal prompt. Giving
+// both the environment variable and the file is an error: one of them would be silently
+// ignored, and a volume could be sealed under a secret the user did not pick. The variable's
+// value is erased from this process's environment block once copied (os.Unsetenv alone
+// leaves it in /proc/PID/environ), and the process is hardened first (hardenForSecret). The
+// caller zeroes the returned slice when done.
 func (env *cliEnv) readSecret(src secretSource) ([]byte, error) {
-	if v := env.getenv(src.envVar); v != "" {
+	hardenForSecret()
+	fromEnv := env.getenv(src.envVar)
+	if fromEnv != "" {
+		b := []byte(fromEnv) // a copy: fromEnv points into the block erased next
 		_ = env.unsetenv(src.envVar)
-		return []byte(v), nil
+		if src.file != "" {
+			clear(b)
+			return nil, fmt.Errorf("both %s and %s give the %s: use one (nothing was read)", src.envVar, src.flag, src.what)
+		}
+		return b, nil
 	}
 	if src.file != "" {
 		b, err := os.ReadFile(src.file)
@@ -89,9 +103,34 @@ func (env *cliEnv) readSecret(src secretSource) ([]byte, error) {
 	return first, nil
 }
 
+// eraseEnv is the real cliEnv.unsetenv: the value is overwritten in the environment block
+// the process started with, then dropped from Go's view.
+func eraseEnv(name string) error {
+	err := secmem.EraseEnv(name)
+	if uerr := os.Unsetenv(name); err == nil {
+		err = uerr
+	}
+	return err
+}
+
+var hardenOnce sync.Once
+
+// hardenForSecret hardens this process as the daemon is (not dumpable, no core file, memory
+// locked when allowed) before it holds a secret. The environment settings that make freed
+// memory get overwritten were applied at start (reexecHardened).
+func hardenForSecret() {
+	hardenOnce.Do(func() {
+		for _, err := range secmem.HardenProcess() {
+			slog.Debug("hardening: " + err.Error())
+		}
+	})
+}
+
+// prompt reads one line from the terminal fd with echo off, into one fixed buffer: a growing
+// slice would leave copies of the secret's prefixes behind in freed memory.
 func prompt(env *cliEnv, fd int, msg string) ([]byte, error) {
 	fmt.Fprint(env.stderr, msg)
-	b, err := term.ReadPassword(fd)
+	b, err := readNoEcho(fd)
 	fmt.Fprintln(env.stderr)
 	if err != nil {
 		return nil, fmt.Errorf("read from terminal: %w", err)
@@ -100,6 +139,53 @@ func prompt(env *cliEnv, fd int, msg string) ([]byte, error) {
 		return nil, errors.New("empty input")
 	}
 	return b, nil
+}
+
+// maxSecretLen bounds a typed secret (the control socket takes at most 4 KiB).
+const maxSecretLen = 4095
+
+func readNoEcho(fd int) ([]byte, error) {
+	old, err := unix.IoctlGetTermios(fd, unix.TCGETS)
+	if err != nil {
+		return nil, err
+	}
+	quiet := *old
+	quiet.Lflag &^= unix.ECHO
+	quiet.Lflag |= unix.ICANON | unix.ISIG
+	quiet.Iflag |= unix.ICRNL
+	if err := unix.IoctlSetTermios(fd, unix.TCSETS, &quiet); err != nil {
+		return nil, err
+	}
+	defer unix.IoctlSetTermios(fd, unix.TCSETS, old)
+	buf := make([]byte, maxSecretLen+1)
+	n := 0
+	var c [1]byte
+	for {
+		k, err := unix.Read(fd, c[:])
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			clear(buf)
+			return nil, err
+		}
+		if k == 0 || c[0] == '\n' {
+			break
+		}
+		if c[0] == '\r' {
+			continue
+		}
+		if n == maxSecretLen {
+			clear(buf)
+			return nil, fmt.Errorf("longer than %d bytes", maxSecretLen)
+		}
+		buf[n] = c[0]
+		n++
+	}
+	c[0] = 0
+	out := bytes.Clone(buf[:n])
+	clear(buf)
+	return out, nil
 }
 
 func capitalize(s string) string {
