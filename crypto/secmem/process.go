@@ -141,10 +141,18 @@ func HardenedEnv(environ []string, drop ...string) []string {
 		switch {
 		case k == "MALLOC_PERTURB_" || slices.Contains(drop, k):
 		case k == "GODEBUG":
-			godebug = v + "," + godebug
+			if !slices.Contains(strings.Split(v, ","), envClobberFree) {
+				godebug = v + "," + godebug
+			} else {
+				godebug = v
+			}
 		case k == "GLIBC_TUNABLES":
 			// glibc splits the value at ':' in place: one tunable more is one entry more.
-			tunables = v + ":" + tunables
+			if !slices.Contains(strings.Split(v, ":"), envTcacheOff) {
+				tunables = v + ":" + tunables
+			} else {
+				tunables = v
+			}
 		default:
 			out = append(out, e)
 		}

@@ -3,6 +3,7 @@ package secmem
 import (
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 
@@ -74,5 +75,20 @@ func TestHardenProcess(t *testing.T) {
 	}
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("child: %v", err)
+	}
+}
+
+// TestHardenedEnvIdempotent: a hardened environment hardened again (the daemon started by a
+// re-run CLI) is unchanged, secrets named are dropped, and other settings are kept.
+func TestHardenedEnvIdempotent(t *testing.T) {
+	in := []string{"A=1", "GODEBUG=madvdontneed=1", "COFFER_PASSPHRASE=x", "MALLOC_PERTURB_=1"}
+	once := HardenedEnv(in)
+	twice := HardenedEnv(once, "COFFER_PASSPHRASE")
+	want := []string{"A=1", "GODEBUG=madvdontneed=1,clobberfree=1", "GLIBC_TUNABLES=glibc.malloc.tcache_count=0", "MALLOC_PERTURB_=165"}
+	if strings.Join(twice, " ") != strings.Join(want, " ") {
+		t.Fatalf("HardenedEnv twice = %q, want %q", twice, want)
+	}
+	if !slices.Contains(once, "COFFER_PASSPHRASE=x") {
+		t.Fatalf("HardenedEnv dropped a variable it was not asked to: %q", once)
 	}
 }
