@@ -3,11 +3,13 @@
 // makes (status, unmount, lock, unlock, and the streamed key operations rotate and shred).
 // The daemon's side of the socket is coffer/fs/daemon.
 //
-// One socket per mount, mode 0600 in a 0700 folder; the daemon checks the peer's uid with
-// SO_PEERCRED (root or the user who mounted). One request per connection: a JSON line,
-// then (unlock only) the raw PIN or passphrase up to the client's half-close, never inside
-// the JSON (which would leave copies in decoder buffers); one JSON reply. Key operations
-// stream progress lines before their reply.
+// One socket per mount, mode 0600 in a 0700 folder. Both sides refuse a folder that is not
+// their own uid's or that others may write (CheckRuntimeDir), and each checks the other's
+// uid with SO_PEERCRED: the daemon serves root or the user who mounted, the client talks
+// only to a daemon of its own uid or root, and checks that before it sends anything (Dial).
+// One request per connection: a JSON line, then (unlock only) the raw PIN or passphrase up
+// to the client's half-close, never inside the JSON (which would leave copies in decoder
+// buffers); one JSON reply. Key operations stream progress lines before their reply.
 package control
 
 import (
@@ -23,6 +25,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -115,10 +118,21 @@ func ReadLine(r io.Reader, max int) ([]byte, error) {
 	return nil, errors.New("request line too long")
 }
 
-// RuntimeDir holds the control sockets.
+// rootRuntimeDir holds the sockets of daemons run as root (a variable for tests).
+var rootRuntimeDir = "/run/coffer"
+
+// testRuntimeDir, when set, replaces RuntimeDir; only tests set it.
+var testRuntimeDir string
+
+// RuntimeDir holds the control sockets of this user's daemons: /run/coffer for root,
+// else $XDG_RUNTIME_DIR/coffer, else /tmp/coffer-UID. Both sides check it with
+// CheckRuntimeDir before they use it.
 func RuntimeDir() string {
+	if testRuntimeDir != "" {
+		return testRuntimeDir
+	}
 	if os.Getuid() == 0 {
-		return "/run/coffer"
+		return rootRuntimeDir
 	}
 	if d := os.Getenv("XDG_RUNTIME_DIR"); d != "" {
 		return filepath.Join(d, "coffer")
@@ -126,31 +140,188 @@ func RuntimeDir() string {
 	return filepath.Join(os.TempDir(), "coffer-"+strconv.Itoa(os.Getuid()))
 }
 
+// SocketName is the file name of a mountpoint's control socket inside a runtime folder.
+func SocketName(mountpoint string) string {
+	sum := sha256.Sum256([]byte(filepath.Clean(mountpoint)))
+	return hex.EncodeToString(sum[:12]) + ".sock"
+}
+
 // SocketPath names the control socket of a mountpoint (absolute, cleaned).
 func SocketPath(mountpoint string) string {
-	sum := sha256.Sum256([]byte(filepath.Clean(mountpoint)))
-	return filepath.Join(RuntimeDir(), hex.EncodeToString(sum[:12])+".sock")
+	return filepath.Join(RuntimeDir(), SocketName(mountpoint))
+}
+
+// ErrUnsafeRuntimeDir says that a control socket folder could have been prepared by
+// someone else: a socket in it might not be the daemon's.
+var ErrUnsafeRuntimeDir = errors.New("unsafe control socket folder")
+
+// CheckRuntimeDir fails unless dir is a folder (not a symlink) owned by this process's uid
+// that neither its group nor others may write. Only then is a socket in it one that this
+// user (or root) put there: /tmp/coffer-UID, for one, can be created by anyone first. A
+// missing dir gives an error wrapping os.ErrNotExist.
+func CheckRuntimeDir(dir string) error {
+	st, err := os.Lstat(dir)
+	if err != nil {
+		return err
+	}
+	me := os.Getuid()
+	owner := -1
+	if sys, ok := st.Sys().(*syscall.Stat_t); ok {
+		owner = int(sys.Uid)
+	}
+	var what string
+	switch {
+	case st.Mode()&os.ModeSymlink != 0:
+		what = "is a symlink, not a folder"
+	case !st.IsDir():
+		what = "is not a folder"
+	case owner != me:
+		what = fmt.Sprintf("belongs to uid %d, not to you (uid %d)", owner, me)
+	case st.Mode().Perm()&0o022 != 0:
+		what = "may be written by other users"
+	default:
+		return nil
+	}
+	fix := "remove it and retry"
+	if owner != me || st.Mode()&os.ModeSymlink != 0 {
+		fix = "remove it (as root or as its owner) and retry"
+	} else if st.IsDir() {
+		fix = "chmod 700 it (or remove it) and retry"
+	}
+	if me != 0 {
+		fix += ", or set XDG_RUNTIME_DIR to a folder only you can write"
+	}
+	return fmt.Errorf("%w %s (owner uid %d, mode %s): it %s, so its socket may not be your coffer daemon's; %s",
+		ErrUnsafeRuntimeDir, dir, owner, st.Mode(), what, fix)
 }
 
 // ErrNoDaemon says that nothing answers on the control socket of a mountpoint.
 var ErrNoDaemon = errors.New("no coffer daemon serves")
 
+// ErrPeer says that the control socket is served by a process of another user: nothing was
+// sent to it.
+var ErrPeer = errors.New("refusing to talk to the control socket")
+
 // Dial connects to the control socket of the daemon serving mountpoint; it also returns
-// the mountpoint made absolute.
+// the mountpoint made absolute. Before it returns a connection, it checks that the socket
+// folder is this user's alone (CheckRuntimeDir) and that the listening process runs as this
+// user or as root (SO_PEERCRED), so that no request line, and no PIN or passphrase, reaches
+// a process of another user.
 func Dial(ctx context.Context, mountpoint string) (net.Conn, string, error) {
 	abs, err := filepath.Abs(mountpoint)
 	if err != nil {
 		return nil, "", err
 	}
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "unix", SocketPath(abs))
-	if err != nil {
-		if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ECONNREFUSED) {
-			return nil, abs, fmt.Errorf("%w %s", ErrNoDaemon, abs)
+	dir, name := RuntimeDir(), SocketName(abs)
+	if err := CheckRuntimeDir(dir); err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, abs, notServedHere(abs, name)
 		}
 		return nil, abs, fmt.Errorf("reach the coffer daemon of %s: %w", abs, err)
 	}
+	path := filepath.Join(dir, name)
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "unix", path)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ECONNREFUSED) {
+			return nil, abs, notServedHere(abs, name)
+		}
+		return nil, abs, fmt.Errorf("reach the coffer daemon of %s: %w", abs, err)
+	}
+	uc, ok := c.(*net.UnixConn)
+	uid := -1
+	if ok {
+		uid, err = PeerUID(uc)
+	} else {
+		err = errors.New("not a unix socket")
+	}
+	if me := os.Getuid(); err != nil || (uid != me && uid != 0) {
+		c.Close()
+		if err != nil {
+			return nil, abs, fmt.Errorf("%w %s of %s: cannot tell who serves it (%v); nothing was sent", ErrPeer, path, abs, err)
+		}
+		return nil, abs, fmt.Errorf("%w %s of %s: it is served by a process of uid %d, not by you (uid %d) or root, so it may be another user posing as the daemon; nothing was sent", ErrPeer, path, abs, uid, me)
+	}
 	return c, abs, nil
+}
+
+// notServedHere is the error for a mountpoint whose socket this user's runtime folder
+// lacks (or nothing listens on). When a daemon of another user serves it (its socket is in
+// root's folder, or the FUSE mount on it belongs to another uid), the truth is that this
+// user may not control it.
+func notServedHere(abs, name string) error {
+	me := os.Getuid()
+	owner := -1
+	if me != 0 {
+		if _, err := os.Lstat(filepath.Join(rootRuntimeDir, name)); err == nil {
+			owner = 0
+		}
+	}
+	if owner < 0 {
+		if uid, ok := fuseMountOwner("/proc/self/mountinfo", abs); ok && uid != me {
+			owner = uid
+		}
+	}
+	switch {
+	case owner == 0:
+		return fmt.Errorf("%w: the coffer daemon of %s runs as root; run this command as root", os.ErrPermission, abs)
+	case owner > 0:
+		return fmt.Errorf("%w: the coffer daemon of %s runs as uid %d; run this command as uid %d", os.ErrPermission, abs, owner, owner)
+	}
+	return fmt.Errorf("%w %s", ErrNoDaemon, abs)
+}
+
+// fuseMountOwner reads the uid of the process that made the top coffer FUSE mount on mp
+// (its user_id option) from a mountinfo file. It never touches mp itself.
+func fuseMountOwner(mountinfo, mp string) (int, bool) {
+	b, err := os.ReadFile(mountinfo)
+	if err != nil {
+		return -1, false
+	}
+	uid, found := -1, false
+	for _, line := range strings.Split(string(b), "\n") {
+		// 45 27 0:40 / /mnt rw,nosuid - fuse.coffer coffer rw,user_id=0,group_id=0
+		fields := strings.Fields(line)
+		if len(fields) < 5 || unescapeMountinfo(fields[4]) != mp {
+			continue
+		}
+		uid, found = -1, false // the last matching line is the top mount
+		_, rest, ok := strings.Cut(line, " - ")
+		if !ok {
+			continue
+		}
+		super := strings.Fields(rest)
+		if len(super) < 3 || super[0] != "fuse.coffer" {
+			continue
+		}
+		for _, opt := range strings.Split(super[2], ",") {
+			if v, ok := strings.CutPrefix(opt, "user_id="); ok {
+				if n, err := strconv.Atoi(v); err == nil && n >= 0 {
+					uid, found = n, true
+				}
+			}
+		}
+	}
+	return uid, found
+}
+
+// unescapeMountinfo undoes the octal escapes (\040 for a space...) of mountinfo paths.
+func unescapeMountinfo(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(n))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
 }
 
 // PeerUID is the uid of the process at the other end of c (SO_PEERCRED).

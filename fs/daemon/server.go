@@ -32,12 +32,21 @@ type server struct {
 	flushed bool           // flush started: no more Add
 }
 
+// runtimeDir is control.RuntimeDir; tests point it elsewhere.
+var runtimeDir = control.RuntimeDir
+
+// listen creates the control socket of mountpoint in the runtime folder, which it creates
+// 0700 if missing and refuses unless it is this uid's alone (control.CheckRuntimeDir):
+// someone else's folder could hold their socket in place of ours.
 func listen(mountpoint string, log *slog.Logger) (*server, error) {
-	dir := control.RuntimeDir()
+	dir := runtimeDir()
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("control socket: %w", err)
 	}
-	path := control.SocketPath(mountpoint)
+	if err := control.CheckRuntimeDir(dir); err != nil {
+		return nil, fmt.Errorf("control socket: %w", err)
+	}
+	path := filepath.Join(dir, control.SocketName(mountpoint))
 	// A socket left by a killed daemon: remove it if nobody answers on it.
 	if c, err := net.DialTimeout("unix", path, 200*time.Millisecond); err == nil {
 		c.Close()
