@@ -25,11 +25,11 @@ import (
 	"path/filepath"
 	"sort"
 	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
 	"coffer/fs/keyops"
+	"coffer/fs/mountinfo"
 	"coffer/keys"
 )
 
@@ -258,7 +258,7 @@ func notServedHere(abs, name string) error {
 		}
 	}
 	if owner < 0 {
-		if uid, ok := fuseMountOwner("/proc/self/mountinfo", abs); ok && uid != me {
+		if uid, ok := fuseMountOwner(mountinfo.Self, abs); ok && uid != me {
 			owner = uid
 		}
 	}
@@ -273,55 +273,20 @@ func notServedHere(abs, name string) error {
 
 // fuseMountOwner reads the uid of the process that made the top coffer FUSE mount on mp
 // (its user_id option) from a mountinfo file. It never touches mp itself.
-func fuseMountOwner(mountinfo, mp string) (int, bool) {
-	b, err := os.ReadFile(mountinfo)
-	if err != nil {
+func fuseMountOwner(file, mp string) (int, bool) {
+	m, ok, err := mountinfo.Top(file, mp)
+	if err != nil || !ok || m.FSType != "fuse.coffer" {
 		return -1, false
 	}
-	uid, found := -1, false
-	for _, line := range strings.Split(string(b), "\n") {
-		// 45 27 0:40 / /mnt rw,nosuid - fuse.coffer coffer rw,user_id=0,group_id=0
-		fields := strings.Fields(line)
-		if len(fields) < 5 || unescapeMountinfo(fields[4]) != mp {
-			continue
-		}
-		uid, found = -1, false // the last matching line is the top mount
-		_, rest, ok := strings.Cut(line, " - ")
-		if !ok {
-			continue
-		}
-		super := strings.Fields(rest)
-		if len(super) < 3 || super[0] != "fuse.coffer" {
-			continue
-		}
-		for _, opt := range strings.Split(super[2], ",") {
-			if v, ok := strings.CutPrefix(opt, "user_id="); ok {
-				if n, err := strconv.Atoi(v); err == nil && n >= 0 {
-					uid, found = n, true
-				}
-			}
-		}
+	v, ok := m.Option("user_id")
+	if !ok {
+		return -1, false
 	}
-	return uid, found
-}
-
-// unescapeMountinfo undoes the octal escapes (\040 for a space...) of mountinfo paths.
-func unescapeMountinfo(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
+	uid, err := strconv.Atoi(v)
+	if err != nil || uid < 0 {
+		return -1, false
 	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
+	return uid, true
 }
 
 // PeerUID is the uid of the process at the other end of c (SO_PEERCRED).

@@ -1,13 +1,14 @@
 package fusefront
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"strings"
 	"syscall"
+
+	"coffer/fs/mountinfo"
 )
 
 // ClearDeadMount clears what a killed daemon left on mountpoint: a mount
@@ -57,57 +58,15 @@ func IsCofferMount(mp string) bool {
 	return err == nil && fstype == "fuse.coffer"
 }
 
-// mountEntry finds the top mount on mp in /proc/self/mountinfo (read, never a stat of mp,
-// so a serving process never touches its own mount): its device number and type.
+// mountEntry finds the top mount on mp (never a stat of mp, so a serving process never
+// touches its own mount): its device number and type.
 func mountEntry(mp string) (dev, fstype string, err error) {
-	fh, err := os.Open("/proc/self/mountinfo")
+	m, ok, err := mountinfo.Top(mountinfo.Self, mp)
 	if err != nil {
 		return "", "", err
 	}
-	defer fh.Close()
-	sc := bufio.NewScanner(fh)
-	for sc.Scan() {
-		// 36 35 0:45 / /mnt rw,... - fuse.coffer coffer rw,...
-		line := sc.Text()
-		fields := strings.Fields(line)
-		if len(fields) > 4 && unescapeMountinfo(fields[4]) == mp {
-			dev, fstype = fields[2], "" // the last matching line is the top mount
-			if _, rest, ok := strings.Cut(line, " - "); ok {
-				fstype, _, _ = strings.Cut(rest, " ")
-			}
-		}
+	if !ok {
+		return "", "", fmt.Errorf("%s not in %s", mp, mountinfo.Self)
 	}
-	if dev == "" {
-		return "", "", fmt.Errorf("%s not in /proc/self/mountinfo", mp)
-	}
-	return dev, fstype, nil
-}
-
-// unescapeMountinfo undoes the octal escapes (\040 for a space...) of
-// /proc/self/mountinfo paths.
-func unescapeMountinfo(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			var c byte
-			ok := true
-			for _, d := range s[i+1 : i+4] {
-				if d < '0' || d > '7' {
-					ok = false
-					break
-				}
-				c = c*8 + byte(d-'0')
-			}
-			if ok {
-				b.WriteByte(c)
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
+	return m.Dev, m.FSType, nil
 }
