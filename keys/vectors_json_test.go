@@ -384,8 +384,8 @@ func buildKeyVectors(t *testing.T) keyVectorFile {
 		name string
 		cost passphrase.Cost
 	}{
-		{"smallest cost", passphrase.Cost{Time: 1, MemoryKiB: 8192, Threads: 1}},
-		{"largest cost", passphrase.Cost{Time: 64, MemoryKiB: 4194304, Threads: 255}},
+		{"smallest cost", passphrase.Cost{Time: passphrase.MinTime, MemoryKiB: passphrase.MinMemoryKiB, Threads: passphrase.MinThreads}},
+		{"largest cost", passphrase.Cost{Time: passphrase.MaxTime, MemoryKiB: passphrase.MaxMemoryKiB, Threads: passphrase.MaxThreads}},
 		{"defaults", passphrase.DefaultCost},
 	} {
 		vf.EdgeParams = append(vf.EdgeParams, edgeParamsVector{Name: c.name, Params: hx(paramsBytes(t, c.cost)),
@@ -408,11 +408,15 @@ func buildKeyVectors(t *testing.T) keyVectorFile {
 		{"format version 0", mut(func(b []byte) []byte { b[4] = 0; return b })},
 		{"algorithm 2", mut(func(b []byte) []byte { b[5] = 2; return b })},
 		{"t = 0", mut(set32(6, 0))},
-		{"t = 65", mut(set32(6, 65))},
+		{"t = 11", mut(set32(6, 11))},
+		{"t = 64", mut(set32(6, 64))},
 		{"m = 8191 KiB", mut(set32(10, 8191))},
-		{"m = 4194305 KiB", mut(set32(10, 4194305))},
+		{"m = 1048577 KiB", mut(set32(10, 1048577))},
+		{"m = 4194304 KiB", mut(set32(10, 4194304))},
 		{"m = 2^32-1 KiB", mut(set32(10, 0xffffffff))},
 		{"p = 0", mut(func(b []byte) []byte { b[14] = 0; return b })},
+		{"p = 17", mut(func(b []byte) []byte { b[14] = 17; return b })},
+		{"p = 255", mut(func(b []byte) []byte { b[14] = 255; return b })},
 	}
 
 	s := func(v string) *string { return &v }

@@ -2,6 +2,7 @@ package remote
 
 import (
 	"fmt"
+	"maps"
 	"net/url"
 	"slices"
 	"strings"
@@ -54,14 +55,24 @@ func CheckRemote(s string) error {
 				"give the URL without them and put the credentials in rclone.conf or rclone's environment variables",
 				ErrCredentials, key)
 		}
+		if q := urlSecretQuery(p.Config[key]); q != "" {
+			return fmt.Errorf("remote: %w: the value of %q holds a credential in its URL's query (parameter %q, value not shown); "+
+				"give the URL without it and put the credential in rclone.conf or rclone's environment variables",
+				ErrCredentials, key, q)
+		}
 	}
 	return nil
 }
 
 // Redact returns s with the value of every credential option (as CheckRemote
-// defines it) replaced by "***" and URL user info removed. The options are
-// sorted, which rclone does not mind. A string that cannot be parsed is
-// replaced whole, since its secrets cannot be located.
+// defines it) and of every option the backend does not register (rclone
+// ignores those, so nothing is lost, but nothing says they are not secret:
+// every option of a backend this build does not link, a SAS URL, a typo)
+// replaced by "***", and URL user info and credential query parameters
+// masked. It is what every error and log message of this package shows, and
+// what the catalog stores. The options are sorted, which rclone does not
+// mind. A string that cannot be parsed is replaced whole, since its secrets
+// cannot be located.
 func Redact(s string) string {
 	p, err := fspath.Parse(s)
 	if err != nil {
@@ -80,10 +91,13 @@ func Redact(s string) string {
 	for _, key := range keys {
 		v := p.Config[key]
 		switch {
-		case isCredential(p.Name, key):
+		case hiddenOption(p.Name, key):
 			v = "***"
 		case hasURLUserInfo(v):
 			v = redactURL(v)
+		}
+		if urlSecretQuery(v) != "" {
+			v = redactQuery(v)
 		}
 		b.WriteByte(',')
 		b.WriteString(key)
@@ -147,6 +161,41 @@ func isCredential(remoteName, key string) bool {
 	return looksSecret(k)
 }
 
+// knownOption reports whether the backend of remoteName registers key (any
+// linked backend, for a remote named in rclone.conf; rclone's global options
+// for "override." and "global." keys).
+func knownOption(remoteName, key string) bool {
+	k := normKey(key)
+	g, ok := strings.CutPrefix(k, "override.")
+	if !ok {
+		g, ok = strings.CutPrefix(k, "global.")
+	}
+	if ok {
+		for i := range fs.ConfigOptionsInfo {
+			if fs.ConfigOptionsInfo[i].Name == g {
+				return true
+			}
+		}
+		return false
+	}
+	if strings.HasPrefix(remoteName, ":") {
+		ri := backendOf(remoteName)
+		return ri != nil && ri.Options.Get(k) != nil
+	}
+	for _, ri := range fs.Registry {
+		if ri.Options.Get(k) != nil {
+			return true
+		}
+	}
+	return false
+}
+
+// hiddenOption reports whether Redact hides key's value: a credential, or an
+// option the backend does not register.
+func hiddenOption(remoteName, key string) bool {
+	return isCredential(remoteName, key) || !knownOption(remoteName, key)
+}
+
 func globalCredential(k string) bool {
 	for i := range fs.ConfigOptionsInfo {
 		o := &fs.ConfigOptionsInfo[i]
@@ -204,6 +253,49 @@ func hasURLUserInfo(v string) bool {
 	return u.User != nil
 }
 
+// urlSecretQuery returns the name of the first query parameter of URL v that
+// looks like a credential (a signature, token, key...), or "".
+func urlSecretQuery(v string) string {
+	if !strings.Contains(v, "://") || !strings.Contains(v, "?") {
+		return ""
+	}
+	var q url.Values
+	if u, err := url.Parse(v); err == nil {
+		q = u.Query()
+	} else { // unparsable: still look at what follows the '?'
+		q, _ = url.ParseQuery(v[strings.IndexByte(v, '?')+1:])
+	}
+	names := slices.Sorted(maps.Keys(q))
+	for _, n := range names {
+		if secretQueryName(n) {
+			return n
+		}
+	}
+	return ""
+}
+
+func secretQueryName(n string) bool {
+	k := normKey(n)
+	return looksSecret(k) || k == "sig" || strings.Contains(k, "signature")
+}
+
+// redactQuery replaces the values of v's credential query parameters by ***.
+func redactQuery(v string) string {
+	u, err := url.Parse(v)
+	if err != nil {
+		return "***"
+	}
+	parts := strings.Split(u.RawQuery, "&")
+	for i, kv := range parts {
+		k, _, _ := strings.Cut(kv, "=")
+		if n, err := url.QueryUnescape(k); err != nil || secretQueryName(n) {
+			parts[i] = k + "=***"
+		}
+	}
+	u.RawQuery = strings.Join(parts, "&")
+	return u.String()
+}
+
 func redactURL(v string) string {
 	u, err := url.Parse(v)
 	if err != nil {
@@ -223,4 +315,62 @@ func quoteValue(v string) string {
 		return v
 	}
 	return "'" + strings.ReplaceAll(v, "'", "''") + "'"
+}
+
+// hiddenValues returns what must not appear in a message about remote string
+// s: the values Redact hides, whole and with URL user info, and the raw
+// option string. An unparsable string yields s itself.
+func hiddenValues(s string) []string {
+	p, err := fspath.Parse(s)
+	if err != nil {
+		return []string{s}
+	}
+	if p.Name == "" {
+		return nil
+	}
+	var out []string
+	for key, v := range p.Config {
+		if v != "" && (hiddenOption(p.Name, key) || hasURLUserInfo(v) || urlSecretQuery(v) != "") {
+			out = append(out, v, quoteValue(v))
+		}
+	}
+	if len(out) > 0 {
+		out = append(out, s, p.ConfigString)
+	}
+	// Longest first, so a value is not half-replaced through a shorter one.
+	slices.SortFunc(out, func(a, b string) int { return len(b) - len(a) })
+	return out
+}
+
+// redactedError is an error whose text had a remote string's secrets
+// replaced by ***; Unwrap still gives the original, for errors.Is.
+type redactedError struct {
+	msg string
+	err error
+}
+
+func (e *redactedError) Error() string { return e.msg }
+func (e *redactedError) Unwrap() error { return e.err }
+
+// redactError returns err with every value in hidden (from hiddenValues)
+// replaced by *** in its text, and, if there is any, every string in raw (the
+// forms of the remote string given to rclone) too; err itself if none occurs.
+// Errors from rclone may quote back the string or a part of it.
+func redactError(err error, hidden []string, raw ...string) error {
+	if err == nil || len(hidden) == 0 {
+		return err
+	}
+	all := append(slices.Clone(hidden), raw...)
+	slices.SortFunc(all, func(a, b string) int { return len(b) - len(a) })
+	msg := err.Error()
+	red := msg
+	for _, h := range all {
+		if h != "" {
+			red = strings.ReplaceAll(red, h, "***")
+		}
+	}
+	if red == msg {
+		return err
+	}
+	return &redactedError{msg: red, err: err}
 }

@@ -6,12 +6,15 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 
 	// Only these backends are linked in: each registers itself in init(), and
 	// backend/all would cost ~4x the cold build (272 s against 61-70 s on 2
 	// cores) and a 107 MB binary against 39 MB. A remote of another type
-	// fails at Open with rclone's "didn't find backend called ...".
+	// fails at Open with "didn't find backend called ..." (its options not
+	// shown: which of them are secret is not known).
 	_ "github.com/rclone/rclone/backend/local"
 	_ "github.com/rclone/rclone/backend/s3"
 	_ "github.com/rclone/rclone/backend/sftp"
@@ -52,16 +55,24 @@ type rcloneStore struct {
 // openRclone makes the Fs for remote and the per-backend extras: the local fast path
 // (rclone_local.go) or S3's HEAD-less reader (rclone_read.go).
 func openRclone(ctx context.Context, remote string, opt Options) (*rcloneStore, error) {
+	// Every message shows desc, never remote (Redact hides every option of a
+	// backend this build lacks), and every error from rclone has the values
+	// desc hides taken out (rclone may quote values back).
+	desc := Redact(remote)
+	hidden := hiddenValues(remote)
+	if p, err := fspath.Parse(remote); err == nil && strings.HasPrefix(p.Name, ":") && backendOf(p.Name) == nil {
+		return nil, fmt.Errorf("remote: open %s: didn't find backend called %q (this build of coffer has %s)",
+			desc, p.Name[1:], strings.Join(linkedBackends(), ", "))
+	}
 	if err := CheckRemote(remote); err != nil {
 		return nil, err
 	}
 	if err := setupRclone(); err != nil {
 		return nil, err
 	}
-	desc := Redact(remote)
 	p, err := fspath.Parse(remote)
 	if err != nil {
-		return nil, fmt.Errorf("remote: open %s: %w", desc, err)
+		return nil, fmt.Errorf("remote: open %s: %w", desc, redactError(err, hidden))
 	}
 	if p.Name == "" {
 		if !filepath.IsAbs(remote) {
@@ -89,7 +100,7 @@ func openRclone(ctx context.Context, remote string, opt Options) (*rcloneStore, 
 		if errors.Is(err, fs.ErrorIsFile) {
 			return nil, fmt.Errorf("remote: open %s: the root is an existing object, not a folder", desc)
 		}
-		return nil, fmt.Errorf("remote: open %s: %w", desc, err)
+		return nil, fmt.Errorf("remote: open %s: %w", desc, redactError(err, hidden, fsRemote))
 	}
 	s := &rcloneStore{f: f, desc: desc, cfgCtx: base, noSync: opt.NoSync}
 	switch fs.Type(f) {
@@ -97,12 +108,22 @@ func openRclone(ctx context.Context, remote string, opt Options) (*rcloneStore, 
 		s.initLocal()
 	case "s3":
 		if p.Name != "" {
-			s.headless = openHeadless(base, remote, p, desc)
+			s.headless = openHeadless(base, remote, p, desc, hidden)
 		}
 	}
 	s.md5 = f.Features().BucketBased && f.Hashes().Contains(hash.MD5)
 	s.stop, s.stopFunc = context.WithCancel(context.Background())
 	return s, nil
+}
+
+// linkedBackends lists the backends rclone can make in this build.
+func linkedBackends() []string {
+	var names []string
+	for _, ri := range fs.Registry {
+		names = append(names, ri.Name)
+	}
+	slices.Sort(names)
+	return slices.Compact(names)
 }
 
 // newFs makes the Fs from base, but returns when ctx ends: NewFs may wait on

@@ -138,10 +138,12 @@ func (s *rcloneStore) getRangeLookup(ctx context.Context, name string, off, n in
 // sends: a ranged GET (the caller knows the range) needs no lookup first, which halves
 // the requests of a cold read. Made without network, like the first Fs; nil if it
 // cannot be made (reads then look objects up first).
-func openHeadless(base context.Context, remote string, p fspath.Parsed, desc string) fs.Fs {
-	h, err := fs.NewFs(base, tuneRemote(remote, p, "no_head_object=true"))
+func openHeadless(base context.Context, remote string, p fspath.Parsed, desc string, hidden []string) fs.Fs {
+	tuned := tuneRemote(remote, p, "no_head_object=true")
+	h, err := fs.NewFs(base, tuned)
 	if err != nil {
-		slog.Debug("remote: no HEAD-less S3 reader; reads look objects up first", "remote", desc, "err", err)
+		slog.Debug("remote: no HEAD-less S3 reader; reads look objects up first", "remote", desc,
+			"err", redactError(err, hidden, tuned))
 		return nil
 	}
 	return h

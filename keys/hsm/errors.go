@@ -4,8 +4,6 @@ import (
 	"debug/elf"
 	"errors"
 	"fmt"
-	"io/fs"
-	"os"
 	"regexp"
 	"runtime"
 	"strconv"
@@ -16,47 +14,62 @@ import (
 	"coffer/keys"
 )
 
-// checkModule makes sure path is a loadable PKCS#11 module before crypto11 dlopens it, since
-// a failed dlopen comes back from the binding with no reason at all.
-func checkModule(path string) error {
+// checkModule makes sure path is a PKCS#11 module that is safe and able to load, before
+// crypto11 dlopens it: loading runs the module's code as whoever runs coffer, a failed dlopen
+// comes back from the binding with no reason at all, and a module whose C_GetFunctionList is
+// missing or fails would crash the binding. In order, and before any of the module's code
+// runs: the path, every directory and link on it and the file must be safe (modpath.go); the
+// file must be an ELF shared library for this machine exporting a function
+// C_GetFunctionList. Then the module is loaded and C_GetFunctionList called (probeModule).
+// It returns the module's real path, which is what must be loaded, and a release func to
+// call once the binding has loaded it.
+func checkModule(path string) (real string, release func(), err error) {
 	if path == "" {
-		return keys.Errorf(keys.ErrModule, "cannot load PKCS#11 module: no module path given")
+		return "", nil, keys.Errorf(keys.ErrModule, "cannot load PKCS#11 module: no module path given")
 	}
 	fail := func(why string) error {
+		if real != "" && real != path {
+			why = fmt.Sprintf("%s (the path resolves to %s)", why, real)
+		}
 		return keys.Errorf(keys.ErrModule, "cannot load PKCS#11 module %s: %s", path, why)
 	}
-	st, err := os.Stat(path)
-	switch {
-	case errors.Is(err, fs.ErrNotExist):
-		return fail("no such file (is the HSM's package installed? for SoftHSM2: apt-get install softhsm2)")
-	case errors.Is(err, fs.ErrPermission):
-		return fail("permission denied")
-	case err != nil:
-		return fail(err.Error())
-	case st.IsDir():
-		return fail("is a directory")
-	}
-	f, err := elf.Open(path)
+	real, err = resolveModule(path)
 	if err != nil {
-		return fail("not an ELF shared library")
+		return "", nil, fail(err.Error())
+	}
+	f, err := elf.Open(real)
+	if err != nil {
+		return "", nil, fail("not an ELF shared library")
 	}
 	defer f.Close()
 	if f.Type != elf.ET_DYN {
-		return fail("not a shared library")
+		return "", nil, fail("not a shared library")
 	}
 	if want, ok := elfMachine[runtime.GOARCH]; ok && f.Machine != want {
-		return fail(fmt.Sprintf("built for %s, this is %s", strings.TrimPrefix(f.Machine.String(), "EM_"), runtime.GOARCH))
+		return "", nil, fail(fmt.Sprintf("built for %s, this is %s", strings.TrimPrefix(f.Machine.String(), "EM_"), runtime.GOARCH))
 	}
 	syms, err := f.DynamicSymbols()
 	if err != nil {
-		return fail("cannot read its symbols: " + err.Error())
+		return "", nil, fail("cannot read its symbols: " + err.Error())
 	}
+	found := false
 	for _, s := range syms {
-		if s.Name == "C_GetFunctionList" && s.Section != elf.SHN_UNDEF {
-			return nil
+		if s.Name != "C_GetFunctionList" || s.Section == elf.SHN_UNDEF {
+			continue
 		}
+		if t := elf.ST_TYPE(s.Info); t != elf.STT_FUNC && t != elf.STT_GNU_IFUNC {
+			return "", nil, fail("its C_GetFunctionList is not a function (not a PKCS#11 module)")
+		}
+		found = true
 	}
-	return fail("it has no C_GetFunctionList (not a PKCS#11 module)")
+	if !found {
+		return "", nil, fail("it has no C_GetFunctionList (not a PKCS#11 module)")
+	}
+	release, why := probeModule(real)
+	if why != "" {
+		return "", nil, fail(why)
+	}
+	return real, release, nil
 }
 
 var elfMachine = map[string]elf.Machine{

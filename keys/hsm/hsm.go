@@ -78,8 +78,10 @@ type kek struct {
 
 var _ keys.Provider = (*Provider)(nil)
 
-// New checks the module, opens the token and logs in. Errors: keys.ErrModule (missing or
-// unloadable module), keys.ErrTokenNotFound, keys.ErrWrongPIN; none contains the PIN.
+// New checks the module, opens the token and logs in. Errors: keys.ErrModule (missing,
+// unsafe or unloadable module), keys.ErrTokenNotFound, keys.ErrWrongPIN; none contains the
+// PIN. The module is loaded only if root or the effective user owns it and every directory
+// and link on its path, and none of them is writable by group or others (see modpath.go).
 func New(cfg Config) (*Provider, error) {
 	if cfg.Token == "" {
 		return nil, errors.New("hsm: no token label given")
@@ -87,9 +89,11 @@ func New(cfg Config) (*Provider, error) {
 	if len(cfg.PIN) == 0 {
 		return nil, fmt.Errorf("hsm: empty PIN for token %q", cfg.Token)
 	}
-	if err := checkModule(cfg.Module); err != nil {
+	module, release, err := checkModule(cfg.Module)
+	if err != nil {
 		return nil, err
 	}
+	defer release() // after Configure: the binding has its own handle on the module by then
 	if cfg.MaxSessions == 0 {
 		cfg.MaxSessions = 16
 	}
@@ -107,7 +111,7 @@ func New(cfg Config) (*Provider, error) {
 	pin := make([]byte, len(cfg.PIN))
 	copy(pin, cfg.PIN)
 	c11cfg := &crypto11.Config{
-		Path:            cfg.Module,
+		Path:            module, // the checked file, symbolic links resolved
 		TokenLabel:      cfg.Token,
 		Pin:             unsafe.String(&pin[0], len(pin)),
 		MaxSessions:     cfg.MaxSessions,

@@ -90,7 +90,7 @@ func BenchmarkArgon2idDefault(b *testing.B) {
 	vol := randomVolume()
 	params := Params{Cost: DefaultCost}
 	for b.Loop() {
-		kwk, _, err := derive([]byte("bench"), vol, params)
+		kwk, _, err := derive(context.Background(), []byte("bench"), vol, params)
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -17,26 +17,70 @@ type Cost struct {
 // DefaultCost is t=3, m=64 MiB, p=4 (about 0.5 s on the reference 2-core machine).
 var DefaultCost = Cost{Time: 3, MemoryKiB: 64 * 1024, Threads: 4}
 
-// Limits refuse parameters that would hang or exhaust the host when read from a tampered
-// catalog, and ones too weak to mean anything.
+// Limits on the cost, checked when parameters are decoded from the catalog and before any
+// derivation (FORMAT.md 9.5.1). The catalog is not authenticated before unlocking, so anyone
+// who can write it chooses these numbers. The upper bounds cap one unlock at 10 passes over
+// 1 GiB (about 53 times the default's work, roughly half a minute of the reference machine's
+// two cores) instead of hours or the host's memory; they are 16 times the default's memory,
+// 3 times its passes and 4 times its lanes. The lower bounds refuse parameters too weak to
+// mean anything. Argon2id cannot be stopped halfway, so these bounds
+// are also what a cancelled unlock can still cost in the background (see OpenContext).
 const (
-	MinMemoryKiB = 8 * 1024
-	MaxMemoryKiB = 4 * 1024 * 1024 // 4 GiB
-	MaxTime      = 64
+	MinTime      = 1
+	MaxTime      = 10
+	MinMemoryKiB = 8 * 1024    // 8 MiB
+	MaxMemoryKiB = 1024 * 1024 // 1 GiB
+	MinThreads   = 1
+	MaxThreads   = 16
 )
 
-// Validate checks the cost against the limits.
-func (c Cost) Validate() error {
-	switch {
-	case c.Time < 1 || c.Time > MaxTime:
-		return fmt.Errorf("passphrase: Argon2id time %d out of range 1..%d", c.Time, MaxTime)
-	case c.Threads < 1:
-		return errors.New("passphrase: Argon2id threads must be >= 1")
-	case c.MemoryKiB < MinMemoryKiB || c.MemoryKiB > MaxMemoryKiB:
-		return fmt.Errorf("passphrase: Argon2id memory %d KiB out of range %d..%d", c.MemoryKiB, MinMemoryKiB, MaxMemoryKiB)
-	case c.MemoryKiB < 8*uint32(c.Threads):
-		return fmt.Errorf("passphrase: Argon2id memory %d KiB below 8 KiB per thread", c.MemoryKiB)
+// ErrOutOfRange is wrapped by every RangeError.
+var ErrOutOfRange = errors.New("Argon2id parameters out of range")
+
+// RangeError says which Argon2id parameter is outside its bounds. Stored is set when the
+// parameters were read from storage (the catalog) rather than chosen by the caller.
+type RangeError struct {
+	Field    string // "time", "memory" or "threads"
+	Unit     string // " KiB" for memory, else ""
+	Value    uint64
+	Min, Max uint64
+	Stored   bool
+}
+
+func (e *RangeError) Error() string {
+	op, bound := ">", e.Max
+	if e.Value < e.Min {
+		op, bound = "<", e.Min
 	}
+	what := "passphrase: Argon2id cost out of range"
+	if e.Stored {
+		what = "passphrase: the stored parameters are out of range (refused before any derivation)"
+	}
+	return fmt.Sprintf("%s: %s %d%s %s %d (coffer accepts %s %d..%d%s; FORMAT.md 9.5.1)",
+		what, e.Field, e.Value, e.Unit, op, bound, e.Field, e.Min, e.Max, e.Unit)
+}
+
+func (e *RangeError) Unwrap() error { return ErrOutOfRange }
+
+// Validate checks the cost against the limits; the error is a *RangeError.
+func (c Cost) Validate() error {
+	if err := c.check(); err != nil {
+		return err
+	}
+	return nil
+}
+
+func (c Cost) check() *RangeError {
+	for _, f := range []RangeError{
+		{Field: "time", Value: uint64(c.Time), Min: MinTime, Max: MaxTime},
+		{Field: "memory", Unit: " KiB", Value: uint64(c.MemoryKiB), Min: MinMemoryKiB, Max: MaxMemoryKiB},
+		{Field: "threads", Value: uint64(c.Threads), Min: MinThreads, Max: MaxThreads},
+	} {
+		if f.Value < f.Min || f.Value > f.Max {
+			return &f
+		}
+	}
+	// Argon2 needs m >= 8*p; with these bounds it always holds (8192 >= 8*16).
 	return nil
 }
 
@@ -82,7 +126,8 @@ func (p Params) MarshalBinary() ([]byte, error) {
 	return b, nil
 }
 
-// UnmarshalBinary decodes stored params, refusing unknown versions and out-of-range costs.
+// UnmarshalBinary decodes stored params, refusing unknown versions and out-of-range costs
+// (a *RangeError with Stored set, wrapping ErrOutOfRange).
 func (p *Params) UnmarshalBinary(b []byte) error {
 	if len(b) != EncodedParamsSize {
 		return fmt.Errorf("passphrase: stored parameters are %d bytes, want %d", len(b), EncodedParamsSize)
@@ -102,7 +147,8 @@ func (p *Params) UnmarshalBinary(b []byte) error {
 	q.Threads = b[14]
 	copy(q.Salt[:], b[15:15+SaltSize])
 	copy(q.Check[:], b[15+SaltSize:])
-	if err := q.Cost.Validate(); err != nil {
+	if err := q.Cost.check(); err != nil {
+		err.Stored = true
 		return err
 	}
 	*p = q

@@ -13,6 +13,7 @@
 package passphrase
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"crypto/cipher"
@@ -60,14 +61,19 @@ var _ keys.Provider = (*Provider)(nil)
 
 // Create starts a new passphrase volume: a fresh random salt, the given cost, and the check
 // value for pass. Store the returned Params (MarshalBinary) with the volume. pass is not
-// kept; the caller zeroes it.
+// kept; the caller zeroes it. It is CreateContext without a way to give up.
 func Create(pass []byte, volume [keys.IDSize]byte, cost Cost) (*Provider, Params, error) {
+	return CreateContext(context.Background(), pass, volume, cost)
+}
+
+// CreateContext is Create, returning ctx's error as soon as ctx ends (see OpenContext).
+func CreateContext(ctx context.Context, pass []byte, volume [keys.IDSize]byte, cost Cost) (*Provider, Params, error) {
 	if err := cost.Validate(); err != nil {
 		return nil, Params{}, err
 	}
 	params := Params{Cost: cost}
 	_, _ = rand.Read(params.Salt[:])
-	kwk, check, err := derive(pass, volume, params)
+	kwk, check, err := derive(ctx, pass, volume, params)
 	if err != nil {
 		return nil, Params{}, err
 	}
@@ -80,12 +86,22 @@ func Create(pass []byte, volume [keys.IDSize]byte, cost Cost) (*Provider, Params
 }
 
 // Open unlocks an existing volume: ErrWrongPassphrase if pass does not match params.Check.
-// pass is not kept; the caller zeroes it.
+// pass is not kept; the caller zeroes it. It is OpenContext without a way to give up: a
+// caller that must stay responsive to a signal or a deadline uses OpenContext.
 func Open(pass []byte, volume [keys.IDSize]byte, params Params) (*Provider, error) {
-	if err := params.Cost.Validate(); err != nil {
+	return OpenContext(context.Background(), pass, volume, params)
+}
+
+// OpenContext is Open, returning ctx's error as soon as ctx ends. Parameters outside the
+// limits (a *RangeError, ErrOutOfRange) are refused before any derivation. Argon2id itself
+// cannot be interrupted: a cancelled derivation finishes in the background (at most MaxTime
+// passes over MaxMemoryKiB) and its result is zeroed and dropped; exiting the process ends it.
+func OpenContext(ctx context.Context, pass []byte, volume [keys.IDSize]byte, params Params) (*Provider, error) {
+	if err := params.Cost.check(); err != nil {
+		err.Stored = true
 		return nil, err
 	}
-	kwk, check, err := derive(pass, volume, params)
+	kwk, check, err := derive(ctx, pass, volume, params)
 	if err != nil {
 		return nil, err
 	}
@@ -97,21 +113,57 @@ func Open(pass []byte, volume [keys.IDSize]byte, params Params) (*Provider, erro
 }
 
 // derive computes M = Argon2id(pass, salt, t, m, p, 32), KWK = HMAC-SHA256(M, info_kwk) and
-// check = HMAC-SHA256(M, info_check), zeroing M.
-func derive(pass []byte, volume [keys.IDSize]byte, params Params) (kwk []byte, check [CheckSize]byte, err error) {
+// check = HMAC-SHA256(M, info_check), zeroing M. It refuses a cost outside the limits before
+// any work, and returns ctx's error as soon as ctx ends (the computation then finishes in
+// the background and its result is zeroed).
+func derive(ctx context.Context, pass []byte, volume [keys.IDSize]byte, params Params) (kwk []byte, check [CheckSize]byte, err error) {
 	if len(pass) == 0 {
 		return nil, check, errors.New("passphrase: the passphrase is empty")
 	}
-	// Argon2id's 64 MiB of blocks, M and the HMAC states are allocated inside Do, so the
-	// runtime erases them once collected (its lane goroutines' stacks are not covered:
-	// they hold mixed blocks, not M or the passphrase).
-	secmem.Do(func() {
-		m := argon2.IDKey(pass, params.Salt[:], params.Time, params.MemoryKiB, params.Threads, 32)
-		defer clear(m)
-		kwk = softkek.HMAC(m, infoKWK(volume))
-		copy(check[:], softkek.HMAC(m, infoCheck(volume)))
-	})
-	return kwk, check, nil
+	if err := params.Cost.Validate(); err != nil {
+		return nil, check, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, check, err
+	}
+	run := func(pass []byte) (kwk []byte, check [CheckSize]byte) {
+		// Argon2id's blocks, M and the HMAC states are allocated inside Do, so the runtime
+		// erases them once collected (its lane goroutines' stacks are not covered: they
+		// hold mixed blocks, not M or the passphrase).
+		secmem.Do(func() {
+			m := argon2.IDKey(pass, params.Salt[:], params.Time, params.MemoryKiB, params.Threads, 32)
+			defer clear(m)
+			kwk = softkek.HMAC(m, infoKWK(volume))
+			copy(check[:], softkek.HMAC(m, infoCheck(volume)))
+		})
+		return kwk, check
+	}
+	if ctx.Done() == nil { // cannot be cancelled: derive on this goroutine
+		kwk, check = run(pass)
+		return kwk, check, nil
+	}
+	// The caller zeroes pass once we return, which may be before Argon2id is done with it:
+	// the derivation works on its own copy (allocated inside Do, zeroed after use).
+	var own []byte
+	secmem.Do(func() { own = bytes.Clone(pass) })
+	type result struct {
+		kwk   []byte
+		check [CheckSize]byte
+	}
+	ch := make(chan result, 1)
+	go func() {
+		defer clear(own)
+		var r result
+		r.kwk, r.check = run(own)
+		ch <- r
+	}()
+	select {
+	case r := <-ch:
+		return r.kwk, r.check, nil
+	case <-ctx.Done():
+		go func() { r := <-ch; clear(r.kwk) }()
+		return nil, check, ctx.Err()
+	}
 }
 
 func infoKWK(volume [keys.IDSize]byte) []byte {
@@ -325,13 +377,19 @@ func (p *Provider) Wipe() error {
 	return nil
 }
 
-// ChangePassphrase re-seals every stored KEK material under a key derived from newPass (fresh
-// salt, the given cost) — for coffer passwd. materials must hold every version the catalog
+// ChangePassphrase is ChangePassphraseContext without a way to give up.
+func (p *Provider) ChangePassphrase(newPass []byte, cost Cost, materials map[keys.KEKRef][]byte) (Params, map[keys.KEKRef][]byte, error) {
+	return p.ChangePassphraseContext(context.Background(), newPass, cost, materials)
+}
+
+// ChangePassphraseContext re-seals every stored KEK material under a key derived from newPass
+// (fresh salt, the given cost) — for coffer passwd. It returns ctx's error as soon as ctx ends
+// during the derivation (see OpenContext), changing nothing. materials must hold every version the catalog
 // has (loaded or not); each is opened with the current passphrase, so a tampered one fails
 // the whole change (ErrUnwrap) and nothing changes. On success the provider switches to the
 // new key and the caller stores the new Params and materials in ONE transaction; if that
 // fails, Wipe this provider and Open again with the old passphrase.
-func (p *Provider) ChangePassphrase(newPass []byte, cost Cost, materials map[keys.KEKRef][]byte) (Params, map[keys.KEKRef][]byte, error) {
+func (p *Provider) ChangePassphraseContext(ctx context.Context, newPass []byte, cost Cost, materials map[keys.KEKRef][]byte) (Params, map[keys.KEKRef][]byte, error) {
 	if err := cost.Validate(); err != nil {
 		return Params{}, nil, err
 	}
@@ -339,7 +397,7 @@ func (p *Provider) ChangePassphrase(newPass []byte, cost Cost, materials map[key
 	if _, err := io.ReadFull(p.rand, params.Salt[:]); err != nil {
 		return Params{}, nil, fmt.Errorf("passphrase: random: %w", err)
 	}
-	newKWK, check, err := derive(newPass, p.volume, params)
+	newKWK, check, err := derive(ctx, newPass, p.volume, params)
 	if err != nil {
 		return Params{}, nil, err
 	}

@@ -70,7 +70,7 @@ func TestVector(t *testing.T) {
 	if err != nil || !bytes.Equal(enc, pv.Params) {
 		t.Fatalf("encoded params %x, want %x (%v)", enc, pv.Params, err)
 	}
-	kwk, check, err := derive(pv.Passphrase, v.Volume, params)
+	kwk, check, err := derive(context.Background(), pv.Passphrase, v.Volume, params)
 	if err != nil {
 		t.Fatal(err)
 	}
