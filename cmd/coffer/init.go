@@ -70,7 +70,13 @@ func cmdInit(ctx context.Context, env *cliEnv, args []string) error {
 		src = secretSource{what: "new passphrase", envVar: "COFFER_PASSPHRASE", file: *passFile, flag: "--passphrase-file", confirm: true}
 	} else {
 		cfg.Provider = meta.ProviderPKCS11
-		cfg.HSMModule, cfg.HSMToken = *module, *token
+		// The catalog stores the path and every later command loads it: an absolute one,
+		// so that it does not depend on where those commands run (keys/hsm refuses others).
+		mod, err := filepath.Abs(*module)
+		if err != nil {
+			return usageError{"--hsm-module: " + err.Error()}
+		}
+		cfg.HSMModule, cfg.HSMToken = mod, *token
 		src = secretSource{what: fmt.Sprintf("PIN of HSM token %q", *token), envVar: "COFFER_HSM_PIN", file: *pinFile, flag: "--hsm-pin-file"}
 	}
 	secret, err := env.readSecret(src)
