@@ -542,11 +542,23 @@ func (v *Volume) Unmount() bool {
 	v.mounted, v.daemon = false, nil
 	v.mu.Unlock()
 	// A clean unmount with the remote reachable uploads everything that was staged.
-	if left := regularFiles(filepath.Join(v.State, "staging")); len(left) > 0 {
+	if left := stagedFiles(filepath.Join(v.State, "staging")); len(left) > 0 {
 		v.t.Errorf("%d staged file(s) left after a clean unmount (the remote was reachable), e.g. %s", len(left), left[0])
 		ok = false
 	}
 	return ok
+}
+
+// stagedFiles lists the staging files (*.stg) in a staging directory: not its marker
+// (content.StagingMarker).
+func stagedFiles(dir string) []string {
+	var out []string
+	for _, p := range regularFiles(dir) {
+		if strings.HasSuffix(p, ".stg") {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // regularFiles lists the regular files under dir.
