@@ -1,6 +1,8 @@
 package main
 
 import (
+	"context"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"net"
@@ -14,6 +16,7 @@ import (
 	"time"
 
 	"coffer/fs/control"
+	"coffer/fs/meta"
 )
 
 // passVolume makes a passphrase volume on a local-folder remote and returns its state dir,
@@ -181,6 +184,41 @@ func TestMountErrors(t *testing.T) {
 	r.oneErrorLine(t, "open volume")
 	r = coffer(t, nil, "mount", "--state", state, mnt)
 	r.oneErrorLine(t, "COFFER_PASSPHRASE")
+
+	// The remote holds another volume's marker (the catalog or rclone.conf points at the
+	// wrong remote): refused, naming both volumes, nothing mounted or written there.
+	other, _, env := passVolume(t)
+	theirs, err := os.ReadFile(filepath.Join(other, "remote", "coffer-volume"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mine := filepath.Join(state, "remote", "coffer-volume")
+	if err := os.WriteFile(mine, theirs, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r = coffer(t, env, "mount", "--state", state, mnt)
+	r.oneErrorLine(t, "holds volume "+volumeID(t, other)+" (its marker \"coffer-volume\"), not this catalog's volume "+volumeID(t, state))
+	if mounted(mnt) || len(daemonPIDs(state)) != 0 {
+		t.Fatal("a refused mount left a mount or a daemon")
+	}
+	if got := listFiles(t, filepath.Join(state, "remote")); len(got) != 1 {
+		t.Fatalf("the refused mount wrote to the remote: %v", got)
+	}
+}
+
+// volumeID reads the id of the volume in state from its catalog.
+func volumeID(t *testing.T, state string) string {
+	t.Helper()
+	c, err := meta.OpenReadOnly(context.Background(), state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	mv, err := c.Volume(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(mv.ID[:])
 }
 
 func TestLockUnlock(t *testing.T) {

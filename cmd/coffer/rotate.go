@@ -208,6 +208,10 @@ func rotateSummary(res keyops.RotateResult, retire bool) string {
 			rs[i] = r.String()
 		}
 		fmt.Fprintf(&b, "; destroyed %s", strings.Join(rs, ", "))
+		if res.Passphrase {
+			// The versions are sealed in the catalog: destroying them here leaves older copies.
+			b.WriteString(" in this catalog only: an older copy of the catalog keeps them, sealed under the passphrase it was made with")
+		}
 	} else if retire {
 		b.WriteString("; no older version left to destroy")
 	} else {

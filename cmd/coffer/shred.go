@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -82,7 +83,7 @@ func cmdShred(ctx context.Context, env *cliEnv, args []string) error {
 	}
 	defer v.Close(context.WithoutCancel(ctx))
 	if *now && v.KeyMode != keys.ModeWrap {
-		return keyops.ErrDeriveNow
+		return keyops.DeriveNowError(v)
 	}
 	sopt := keyops.ShredOptions{Actor: actor(), StagingDir: *stagingDir}
 	w := env.stdout
@@ -113,7 +114,7 @@ func cmdShred(ctx context.Context, env *cliEnv, args []string) error {
 	if err != nil {
 		return err
 	}
-	out := control.NewShredReply(res)
+	out := shredOutput{ShredReply: control.NewShredReply(res), Finality: res.Finality}
 	if *now {
 		opt, pp := rotateOptions(env, "shred --now: re-wrap")
 		rres, err := keyops.ShredNow(ctx, v, opt)
@@ -149,7 +150,7 @@ func shredLive(ctx context.Context, env *cliEnv, mnt string, req control.Request
 		pp.end()
 	}
 	if len(r.Result) > 0 {
-		var out control.ShredReply
+		var out shredOutput
 		if jerr := json.Unmarshal(r.Result, &out); jerr != nil {
 			return fmt.Errorf("the daemon's shred result: %w", jerr)
 		}
@@ -162,8 +163,20 @@ func shredLive(ctx context.Context, env *cliEnv, mnt string, req control.Request
 	return err
 }
 
-// shredSummary is the one line a file or user shred prints (offline and live alike).
-func shredSummary(res control.ShredReply, user bool, uid uint32) string {
+// shredOutput is what a file or user shred reports, offline or from the daemon (which sends
+// this shape: fs/daemon/keyops.go, shredReply).
+type shredOutput struct {
+	control.ShredReply
+	Finality keyops.Finality `json:"finality"`
+}
+
+// shredSummary is the one line a file or user shred prints (offline and live alike). It says
+// exactly what is final: against this catalog, the shred always is; against an older copy of
+// the catalog, only once every KEK version that wrapped the files' keys is destroyed (HSM
+// volumes), never through coffer on a passphrase volume (the copy carries the versions,
+// sealed under the passphrase), and, after a chown on a per-user volume, only once the
+// previous owner's versions are destroyed too.
+func shredSummary(res shredOutput, user bool, uid uint32) string {
 	var b strings.Builder
 	if user {
 		fmt.Fprintf(&b, "shredded uid %d: KEK chain %s destroyed (%s), %d files removed",
@@ -175,12 +188,66 @@ func shredSummary(res control.ShredReply, user bool, uid uint32) string {
 	if res.DeleteFailed > 0 {
 		fmt.Fprintf(&b, ", %d stay queued (deleting failed; retried at the next mount)", res.DeleteFailed)
 	}
-	switch {
-	case res.Now != nil:
-		fmt.Fprintf(&b, "; final: %d other key records re-wrapped to %s and %s destroyed",
+	fin := res.Finality
+	// What an older copy of the catalog still needs destroyed: what --now did not.
+	left := res.OldVersions
+	now := ""
+	if res.Now != nil {
+		now = fmt.Sprintf("%d other key records re-wrapped to %s and %s destroyed",
 			res.Now.Rewrapped, refList(res.Now.Targets), refList(res.Now.Retired))
-	case len(res.OldVersions) > 0:
-		fmt.Fprintf(&b, "; an older catalog copy can still open them until KEK %s is destroyed (coffer shred --now, or coffer rotate --retire-old)", refList(res.OldVersions))
+		left = nil
+		for _, r := range res.OldVersions {
+			if !slices.Contains(res.Now.Retired, r) {
+				left = append(left, r)
+			}
+		}
+		if fin.Passphrase || len(left) > 0 {
+			b.WriteString("; " + now)
+		}
+	}
+	// The versions of other chains (of those in among) that wrapped a key before a chown.
+	moved := func(among []keys.KEKRef) []keys.KEKRef {
+		var m []keys.KEKRef
+		for _, r := range fin.Moved {
+			if slices.Contains(among, r) {
+				m = append(m, r)
+			}
+		}
+		return m
+	}
+	switch {
+	case fin.Passphrase:
+		b.WriteString("; final for this catalog only: an older copy of the catalog plus the passphrase it was made with " +
+			"can still open them, for as long as their objects survive somewhere (backups, remote versioning), because a " +
+			"passphrase volume keeps its KEK versions in the catalog, sealed under the passphrase (the copy keeps those " +
+			"destroyed since; coffer passwd re-seals them in this catalog only): only destroying the older copies of the " +
+			"catalog makes it final")
+	case len(left) > 0:
+		verb := "is"
+		if len(left) > 1 {
+			verb = "are"
+		}
+		what := "them"
+		if m := moved(left); len(m) == len(left) && fin.MovedFiles < res.Files {
+			what = fmt.Sprintf("%d of them", fin.MovedFiles)
+		}
+		how := "coffer shred --now, or coffer rotate --retire-old"
+		if fin.Derive {
+			how = "coffer rotate --retire-old: it re-encrypts every other file first"
+		}
+		fmt.Fprintf(&b, "; not final yet: an older catalog copy can still open %s until KEK %s %s destroyed (%s)", what, refList(left), verb, how)
+		if m := moved(left); len(m) > 0 {
+			fmt.Fprintf(&b, "; %s: the chain of a previous owner, which wrapped the key of %d of them before a chown re-wrapped it for the new owner",
+				refList(m), fin.MovedFiles)
+		}
+	case now != "":
+		b.WriteString("; final: " + now)
+		if m := moved(res.OldVersions); len(m) > 0 {
+			fmt.Fprintf(&b, " (among them %s, which wrapped the key of %d of them before a chown re-wrapped it for the new owner)",
+				refList(m), fin.MovedFiles)
+		}
+	default:
+		b.WriteString("; final: every KEK version that wrapped their keys is destroyed")
 	}
 	return b.String()
 }

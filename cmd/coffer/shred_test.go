@@ -1,13 +1,25 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"errors"
+	"io"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
+	"coffer/fs/content"
+	"coffer/fs/keyops"
 	"coffer/fs/meta"
+	"coffer/fs/volume"
+	"coffer/keys"
+	"coffer/keys/hsm"
+	"coffer/keys/passphrase"
 )
 
 func (l *lcVol) link(t *testing.T, from, dir, name string) {
@@ -117,5 +129,275 @@ func TestShredVolumeCommand(t *testing.T) {
 	r = coffer(t, l.env, "rotate", "--state", l.state)
 	if r.code == 0 {
 		t.Fatal("a shredded volume rotated")
+	}
+}
+
+// mount mounts the volume at a fresh mountpoint (unmounted again at the end of the test).
+func (l *lcVol) mount(t *testing.T) string {
+	t.Helper()
+	mnt := filepath.Join(l.dir, "mnt")
+	os.MkdirAll(mnt, 0o755)
+	t.Cleanup(func() {
+		exec.Command("fusermount3", "-u", "-z", mnt).Run()
+		for _, pid := range daemonPIDs(l.state) {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+	})
+	if r := coffer(t, l.env, "mount", "--state", l.state, mnt); r.code != 0 {
+		t.Fatalf("mount: %s", r.stderr)
+	}
+	return mnt
+}
+
+func (l *lcVol) unmount(t *testing.T, mnt string) {
+	t.Helper()
+	pids := daemonPIDs(l.state)
+	if r := coffer(t, nil, "unmount", mnt); r.code != 0 {
+		t.Fatalf("unmount: %s", r.stderr)
+	}
+	for _, pid := range pids {
+		waitGone(t, pid)
+	}
+}
+
+// catalogCopy is an older copy of an unmounted volume's catalog, as a backup or a thief
+// keeps it, and of the remote's objects (remote versioning keeps deleted objects).
+type catalogCopy struct{ state, remote string }
+
+func (l *lcVol) copyCatalog(t *testing.T) catalogCopy {
+	t.Helper()
+	dir, err := os.MkdirTemp(l.dir, "copy-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := catalogCopy{state: filepath.Join(dir, "state"), remote: filepath.Join(dir, "remote")}
+	copyTree(t, filepath.Join(l.state, meta.FileName), filepath.Join(c.state, meta.FileName))
+	for _, suffix := range []string{"-wal", "-shm"} { // a closed catalog has none
+		if _, err := os.Stat(filepath.Join(l.state, meta.FileName+suffix)); err == nil {
+			t.Fatalf("the catalog is not closed (%s exists): copy it unmounted", meta.FileName+suffix)
+		}
+	}
+	copyTree(t, filepath.Join(l.remote, "c"), filepath.Join(c.remote, "c"))
+	return c
+}
+
+// copyTree copies a file or a directory tree.
+func copyTree(t *testing.T, from, to string) {
+	t.Helper()
+	err := filepath.WalkDir(from, func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(from, p)
+		dst := filepath.Join(to, rel)
+		if d.IsDir() {
+			return os.MkdirAll(dst, 0o700)
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		if err := os.MkdirAll(filepath.Dir(dst), 0o700); err != nil {
+			return err
+		}
+		return os.WriteFile(dst, b, 0o600)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// keyFromCopy opens the key of the file at volume path name from the copied catalog with
+// the volume's PIN or passphrase and nothing else of the copy: the HSM's keys, or the KEK
+// version's material sealed in the copy.
+func (l *lcVol) keyFromCopy(t *testing.T, c catalogCopy, name string) error {
+	t.Helper()
+	ctx := context.Background()
+	cat, err := meta.OpenReadOnly(ctx, c.state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cat.Close()
+	mv, err := cat.Volume(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	in, err := keyops.ResolvePath(ctx, cat, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec, err := cat.GetKey(ctx, in.Ino)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var p keys.Provider
+	if l.passphrase {
+		var params passphrase.Params
+		if err := params.UnmarshalBinary(mv.KDFParams); err != nil {
+			t.Fatal(err)
+		}
+		pp, err := passphrase.Open(l.secret, mv.ID, params)
+		if err != nil {
+			return err
+		}
+		k, err := cat.GetKEK(ctx, rec.Chain, rec.Version)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := pp.Load(keys.KEKRef{Chain: k.Chain, Version: k.Version}, k.Material); err != nil {
+			return err
+		}
+		p = pp
+	} else {
+		hp, err := hsm.New(hsm.Config{Module: mv.HSMModule, Token: mv.HSMToken, PIN: l.secret, Volume: mv.ID})
+		if err != nil {
+			t.Fatal(err)
+		}
+		p = hp
+	}
+	defer p.Wipe()
+	dek, err := keys.OpenFileKey(ctx, p, volume.RecordOf(rec), keys.FileIdentity{Volume: mv.ID, File: in.FileID})
+	if err != nil {
+		return err
+	}
+	dek.Wipe()
+	return nil
+}
+
+// readFromCopy opens the key of the file at volume path name from the copied catalog
+// (keyFromCopy), then puts the copied objects back on the remote, opens the volume from the
+// copy with the volume's PIN or passphrase, as whoever holds the copy would, and reads the
+// file. The error says where it stopped.
+func (l *lcVol) readFromCopy(t *testing.T, c catalogCopy, name string) ([]byte, error) {
+	t.Helper()
+	if err := l.keyFromCopy(t, c, name); err != nil {
+		return nil, err
+	}
+	copyTree(t, filepath.Join(c.remote, "c"), filepath.Join(l.remote, "c"))
+	ctx := context.Background()
+	v, err := volume.Open(ctx, c.state, l.secret, volume.OpenOptions{})
+	if err != nil {
+		return nil, err
+	}
+	defer v.Close(ctx)
+	in, err := keyops.ResolvePath(ctx, v.Catalog(), name)
+	if err != nil {
+		return nil, err
+	}
+	s, err := content.New(v, content.Options{StagingDir: volume.StagingDir(c.state), DirtyDelay: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close(ctx)
+	f, err := s.Open(ctx, in.Ino)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Release(ctx)
+	buf := make([]byte, f.Size())
+	n, err := f.ReadAt(ctx, buf, 0)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return nil, err
+	}
+	return buf[:n], nil
+}
+
+// passphraseNotFinal is what a shred on a passphrase volume says instead of "final".
+const passphraseNotFinal = "final for this catalog only: an older copy of the catalog plus the passphrase it was made with can still open them"
+
+// TestShredPassphraseOldCopy: on a passphrase volume, shred --now destroys the KEK version
+// in the catalog, yet an older copy of the catalog plus the passphrase still reads the file
+// (the copy holds the version, sealed under the passphrase): the summary must not say
+// "final", offline or on a live mount (the daemon's reply), and coffer passwd changes nothing
+// to that. (The old code printed "final: ... destroyed" for both.)
+func TestShredPassphraseOldCopy(t *testing.T) {
+	l := newLCVol(t, true, false, false)
+	data := []byte(strings.Repeat("passphrase secret ", 3000))
+	l.populate(t, "a", 3, 0, data)
+	old := l.copyCatalog(t)
+
+	// Offline.
+	r := coffer(t, l.env, "shred", "--state", l.state, "--now", "/a0")
+	if r.code != 0 || !strings.Contains(r.stdout, "shredded 1 files (1 entries removed)") ||
+		!strings.Contains(r.stdout, "2 other key records re-wrapped to volume/v2 and volume/v1 destroyed; "+passphraseNotFinal) ||
+		strings.Contains(r.stdout, "final:") {
+		t.Fatalf("offline shred --now (%d): %s %s", r.code, r.stdout, r.stderr)
+	}
+	// coffer passwd does not help either: the copy opens with the passphrase it was made with.
+	newPass := "lifecycle passphrase 2"
+	if r := coffer(t, append(l.env, "COFFER_NEW_PASSPHRASE="+newPass), "passwd", "--state", l.state); r.code != 0 {
+		t.Fatalf("passwd: %s %s", r.stdout, r.stderr)
+	}
+	got, err := l.readFromCopy(t, old, "/a0")
+	if err != nil {
+		t.Fatalf("the old copy plus the passphrase should read the shredded file: %v", err)
+	}
+	if !bytes.Equal(got, data) {
+		t.Fatal("the shredded file read from the old copy differs")
+	}
+	l.secret, l.env = []byte(newPass), []string{"COFFER_PASSPHRASE=" + newPass}
+
+	// Live: the daemon shreds, the summary says the same.
+	mnt := l.mount(t)
+	r = coffer(t, nil, "shred", "--state", l.state, "--now", filepath.Join(mnt, "a1"))
+	if r.code != 0 || !strings.Contains(r.stdout, "shredded 1 files (1 entries removed)") ||
+		!strings.Contains(r.stdout, "volume/v2 destroyed; "+passphraseNotFinal) || strings.Contains(r.stdout, "final:") {
+		t.Fatalf("live shred --now (%d): %s %s", r.code, r.stdout, r.stderr)
+	}
+	r = coffer(t, nil, "rotate", "--state", l.state, "--retire-old")
+	if r.code != 0 || !strings.Contains(r.stdout, "destroyed volume/v3 in this catalog only: an older copy of the catalog keeps them") {
+		t.Fatalf("live rotate --retire-old (%d): %s %s", r.code, r.stdout, r.stderr)
+	}
+	l.unmount(t, mnt)
+	l.secret = []byte("lifecycle passphrase 1") // the copy's
+	got, err = l.readFromCopy(t, old, "/a1")
+	if err != nil {
+		t.Fatalf("the old copy plus its passphrase should read the file shredded live: %v", err)
+	}
+	if !bytes.Equal(got, data) {
+		t.Fatal("the file shredded live, read from the old copy, differs")
+	}
+}
+
+// TestShredUserAfterChown: a file uid 1000 made and a chown on the mount gave to uid 2000
+// (its key re-wrapped under u2000) is shredded with uid 2000's chain, but a copy of the
+// catalog from before the chown holds its key under u1000/v1, which lives on (uid 1000 has
+// other files): the copy reads the file back whole. The summary says so, naming u1000/v1
+// (the old code said nothing, as if the shred were final); once rotate --retire-old has
+// destroyed u1000/v1 the copy opens nothing.
+func TestShredUserAfterChown(t *testing.T) {
+	l := newLCVol(t, false, false, true)
+	data := []byte(strings.Repeat("chowned secret ", 3000))
+	l.populate(t, "mine", 2, 1000, data)
+	old := l.copyCatalog(t)
+	mnt := l.mount(t)
+	if err := os.Chown(filepath.Join(mnt, "mine0"), 2000, 2000); err != nil {
+		t.Fatal(err)
+	}
+	l.unmount(t, mnt)
+	if l.count(t, "u2000", 1) != 1 {
+		t.Fatal("the chown did not re-wrap the key under u2000/v1")
+	}
+
+	r := coffer(t, l.env, "shred", "--state", l.state, "--user", "2000")
+	if r.code != 0 || !strings.Contains(r.stdout, "shredded uid 2000: KEK chain u2000 destroyed (u2000/v1), 1 files removed") ||
+		!strings.Contains(r.stdout, "not final yet: an older catalog copy can still open them until KEK u1000/v1 is destroyed") ||
+		!strings.Contains(r.stdout, "u1000/v1: the chain of a previous owner, which wrapped the key of 1 of them before a chown") {
+		t.Fatalf("shred --user 2000 (%d): %s %s", r.code, r.stdout, r.stderr)
+	}
+	got, err := l.readFromCopy(t, old, "/mine0")
+	if err != nil {
+		t.Fatalf("the copy from before the chown should read the shredded file: %v", err)
+	}
+	if !bytes.Equal(got, data) {
+		t.Fatal("the shredded file read from the old copy differs")
+	}
+
+	r = coffer(t, l.env, "rotate", "--state", l.state, "--retire-old")
+	if r.code != 0 || !strings.Contains(r.stdout, "u1000/v1") {
+		t.Fatalf("rotate --retire-old (%d): %s %s", r.code, r.stdout, r.stderr)
+	}
+	if err := l.keyFromCopy(t, old, "/mine0"); !errors.Is(err, keys.ErrKEKMissing) || !strings.Contains(err.Error(), "u1000/v1") {
+		t.Fatalf("the copy's key after u1000/v1 is destroyed: %v, want ErrKEKMissing", err)
 	}
 }

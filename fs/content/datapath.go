@@ -21,7 +21,7 @@ import (
 
 // Options tune a DataPath. Zero values take the defaults.
 type Options struct {
-	StagingDir  string        // created 0700; ciphertext only
+	StagingDir  string        // ciphertext only; made 0700 with a marker (see prepareStagingDir)
 	CacheBytes  int64         // plaintext block cache cap (default 256 MiB)
 	StagingCap  int64         // staged bytes before writes fail with ENOSPC (default 8 GiB)
 	Uploaders   int           // concurrent uploads (default 4)
@@ -132,11 +132,8 @@ func New(v *volume.Volume, opt Options) (*DataPath, error) {
 	if opt.StagingDir == "" {
 		return nil, errors.New("content: new data path: no staging directory given")
 	}
-	if err := os.MkdirAll(opt.StagingDir, 0o700); err != nil {
-		return nil, fmt.Errorf("content: create staging directory: %w", err)
-	}
-	if err := os.Chmod(opt.StagingDir, 0o700); err != nil {
-		return nil, fmt.Errorf("content: staging directory: %w", err)
+	if err := prepareStagingDir(opt.StagingDir, v); err != nil {
+		return nil, err
 	}
 	seal, err := openSealLog(os.Getenv(SealLogEnv), opt.sealHook)
 	if err != nil {

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"path/filepath"
 	"testing"
@@ -59,6 +60,60 @@ func TestLiveKeyOpsRefusals(t *testing.T) {
 	}
 	if got, _ := w.v.Catalog().ListKEKs(ctx); len(got) != 1 {
 		t.Fatalf("a refused operation changed the KEKs: %v", got)
+	}
+}
+
+// noLive stands in for the mounted file system (nothing is open on it).
+type noLive struct{}
+
+func (noLive) RevokeFiles(context.Context, []uint64) error { return nil }
+func (noLive) FilesRemoved([]uint64)                       {}
+func (noLive) ReloadKeyRecords(context.Context) error      { return nil }
+func (noLive) KEKsChanged()                                {}
+
+// TestLiveShredReplyFinality: the reply a live shred sends carries what coffer shred needs to
+// say what is final (keyops.Finality, under "finality"): on a passphrase volume, that an
+// older catalog copy plus the passphrase still opens the file even after --now. (The CLI side
+// and a real mount: cmd/coffer TestShredPassphraseOldCopy.)
+func TestLiveShredReplyFinality(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	secret := []byte("live keyops passphrase")
+	state := filepath.Join(dir, "state")
+	if _, err := volume.Create(ctx, volume.Config{StateDir: state, Remote: filepath.Join(dir, "remote"),
+		Provider: meta.ProviderPassphrase, Secret: secret, KeyMode: keys.ModeWrap, Layout: format.DefaultLayout,
+		KDFCost: passphrase.Cost{Time: 1, MemoryKiB: 8 << 10, Threads: 1}}); err != nil {
+		t.Fatal(err)
+	}
+	v, err := volume.Open(ctx, state, secret, volume.OpenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close(ctx)
+	var fid [16]byte
+	fid[0] = 1
+	rec, dek, err := v.Keys().NewFileKey(ctx, v.KeyMode, v.KEK(), fid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dek.Wipe()
+	kr := volume.CatalogRecord(rec)
+	if _, err := v.Catalog().CreateFile(ctx, meta.RootIno, []byte("a"), meta.Inode{Mode: 0o100644, Ctime: 1, FileID: fid}, &kr); err != nil {
+		t.Fatal(err)
+	}
+	l := newLiveKeyOps(v, noLive{}, "/mnt/x", nil)
+	res, err := l.shred(ctx, "uid:0", control.Request{Op: "shred", Paths: []string{"/mnt/x/a"}, Now: true}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := json.Marshal(res)
+	var got struct {
+		Files    int `json:"files"`
+		Now      *keyops.RotateResult
+		Finality keyops.Finality `json:"finality"`
+	}
+	if err := json.Unmarshal(b, &got); err != nil || got.Files != 1 || got.Now == nil || !got.Finality.Passphrase || !got.Now.Passphrase {
+		t.Fatalf("live shred reply %s: %+v %v", b, got, err)
 	}
 }
 

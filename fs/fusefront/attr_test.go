@@ -499,6 +499,21 @@ func TestPerUserKEKs(t *testing.T) {
 	if k := rec("pub/r"); k.Chain != keys.UserChain(65534) {
 		t.Errorf("after chown the key is under %q", k.Chain)
 	}
+	// The move is audited: older catalog copies keep the key under u0, and a later shred
+	// says so (fs/keyops).
+	evs, err := m.vol.Catalog().ListAudit(ctx, 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	moved := 0
+	for _, e := range evs {
+		if e.Event == "key.moved" && strings.Contains(e.Detail, `"from_chain":"u0","from_version":1,"to_chain":"u65534","to_version":1`) {
+			moved++
+		}
+	}
+	if moved != 1 {
+		t.Errorf("%d key.moved audit events for the chown, want 1", moved)
+	}
 	m.vol.Keys().WipeCache()
 	if got := m.read("pub/r"); got != "root" {
 		t.Errorf("after chown and a key cache wipe: %q", got)

@@ -133,8 +133,15 @@ func (f *FS) rekeyForOwner(ctx context.Context, in *meta.Inode) error {
 			if err := checkCurrentKEK(t, to); err != nil {
 				return err
 			}
-			_, err := t.SwapKey(in.Ino, old, volume.CatalogRecord(nrec))
-			return err
+			swapped, err := t.SwapKey(in.Ino, old, volume.CatalogRecord(nrec))
+			if err != nil || !swapped {
+				return err
+			}
+			// Older catalog copies keep the key under the old chain: a later
+			// shred names it (keyops reads this event).
+			uid, _ := caller(ctx)
+			return keyops.AuditKeyMoved(t, in.Ino, in.FileID, keys.KEKRef{Chain: old.Chain, Version: old.Version}, to,
+				"uid:"+strconv.FormatUint(uint64(uid), 10))
 		})
 		if errors.Is(err, errKEKMoved) && attempt < 3 {
 			f.forgetKEK(in.UID)

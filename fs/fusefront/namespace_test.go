@@ -17,6 +17,7 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 
+	"coffer/fs/content"
 	"coffer/fs/meta"
 )
 
@@ -394,7 +395,7 @@ func TestUnlinkClosedFiles(t *testing.T) {
 			t.Errorf("upload queue of inode %d after unlink: %v %v", ino, ups, err)
 		}
 	}
-	if ents, err := os.ReadDir(filepath.Join(filepath.Dir(m.dir), "staging")); err != nil || len(ents) != 0 {
+	if ents, err := os.ReadDir(filepath.Join(filepath.Dir(m.dir), "staging")); err != nil || len(ents) != 1 || ents[0].Name() != content.StagingMarker {
 		t.Errorf("staging after the unlinks: %v %v", ents, err)
 	}
 	eventually(t, "the unlinked file's object deleted from the remote", func() bool { return remoteFiles() == 0 })

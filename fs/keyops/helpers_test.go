@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -348,4 +349,102 @@ func chainName(c string) string {
 		return "volume"
 	}
 	return c
+}
+
+// catalogCopy is an older copy of the catalog, as a backup or a thief keeps it, with the
+// objects of some files (remote versioning may keep deleted objects).
+type catalogCopy struct {
+	state string            // a state directory holding only the copied catalog.db
+	objs  map[string]string // remote path -> saved copy
+}
+
+// copyCatalog copies catalog.db (checkpointed first, so it holds everything) and the objects
+// of inos, as they are now.
+func (e *tvol) copyCatalog(inos ...uint64) *catalogCopy {
+	e.t.Helper()
+	if err := e.v.Catalog().PurgeDeleted(ctx); err != nil {
+		e.t.Fatal(err)
+	}
+	dir, err := os.MkdirTemp(e.dir, "copy-")
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	c := &catalogCopy{state: filepath.Join(dir, "state"), objs: map[string]string{}}
+	copyFile(e.t, volume.CatalogFile(e.state), volume.CatalogFile(c.state))
+	for _, ino := range inos {
+		chunks, err := e.v.Catalog().Chunks(ctx, ino, 0, -1)
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		for _, ch := range chunks {
+			p := filepath.Join(e.remote, filepath.FromSlash(format.ObjectName(format.ID(ch.Object))))
+			c.objs[p] = filepath.Join(filepath.Dir(c.state), "objects", filepath.Base(p))
+			copyFile(e.t, p, c.objs[p])
+		}
+	}
+	return c
+}
+
+// readFromCopy puts the saved objects back on the remote and opens the volume from the
+// copied catalog with the volume's secret (PIN or passphrase), as whoever holds the copy
+// would, and reads file ino through the data path. An error says where it stopped (the
+// volume does not open, or the file's key does not).
+func (e *tvol) readFromCopy(c *catalogCopy, ino uint64) ([]byte, error) {
+	e.t.Helper()
+	for p, saved := range c.objs {
+		copyFile(e.t, saved, p)
+	}
+	v, err := volume.Open(ctx, c.state, e.secret, volume.OpenOptions{Logger: quiet})
+	if err != nil {
+		return nil, err
+	}
+	defer v.Close(ctx)
+	s, err := content.New(v, content.Options{StagingDir: volume.StagingDir(c.state), Logger: quiet, DirtyDelay: time.Hour})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer s.Close(ctx)
+	f, err := s.Open(ctx, ino)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Release(ctx)
+	buf := make([]byte, f.Size())
+	n, err := f.ReadAt(ctx, buf, 0)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return nil, err
+	}
+	return buf[:n], nil
+}
+
+// chown gives file ino to uid as a chown on the mounted per-user volume does
+// (fs/fusefront rekeyForOwner): the key is re-wrapped under uid's chain and the move is
+// audited in the same transaction.
+func (e *tvol) chown(ino uint64, uid uint32) {
+	e.t.Helper()
+	in, err := e.v.Catalog().GetInode(ctx, ino)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	old, err := e.v.Catalog().GetKey(ctx, ino)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	to := e.kekFor(uid)
+	nrec, err := e.v.Keys().Rewrap(ctx, volume.RecordOf(old), in.FileID, to)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	err = e.v.Catalog().Update(ctx, func(t *meta.Tx) error {
+		if _, err := t.SetAttr(ino, meta.AttrChange{UID: &uid}, time.Now().UnixNano()); err != nil {
+			return err
+		}
+		if ok, err := t.SwapKey(ino, old, volume.CatalogRecord(nrec)); err != nil || !ok {
+			return fmt.Errorf("swap key: %v %v", ok, err)
+		}
+		return AuditKeyMoved(t, ino, in.FileID, keys.KEKRef{Chain: old.Chain, Version: old.Version}, to, "test")
+	})
+	if err != nil {
+		e.t.Fatal(err)
+	}
 }

@@ -69,6 +69,10 @@ type RotateResult struct {
 	Changed   int64         // records that changed underneath (compare-and-swap lost), retried
 	Retired   []keys.KEKRef // versions destroyed (RetireOld)
 	Elapsed   time.Duration
+	// Passphrase: a passphrase volume, whose KEK versions live in the catalog sealed under
+	// the passphrase: older catalog copies keep the retired ones, openable with the
+	// passphrase they were made with.
+	Passphrase bool `json:",omitempty"`
 
 	// Derive mode only.
 	Rekeyed          int64 // key records moved to the new version (same salt)
@@ -133,6 +137,7 @@ const (
 // That needs the volume unmounted: no data path (content.DataPath) may run on it meanwhile.
 func Rotate(ctx context.Context, v *volume.Volume, opt RotateOptions) (res RotateResult, err error) {
 	start := time.Now()
+	res.Passphrase = v.Kind == meta.ProviderPassphrase
 	if v.KeyMode != keys.ModeWrap && v.KeyMode != keys.ModeDerive {
 		return res, fmt.Errorf("rotate: unknown key mode %q", string(v.KeyMode))
 	}

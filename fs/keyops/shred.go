@@ -41,16 +41,24 @@ func (o *ShredOptions) defaults(v *volume.Volume) {
 
 // ShredResult summarizes a shred.
 type ShredResult struct {
-	Files         int   // files whose key record was destroyed and entries removed
-	Links         int   // directory entries removed
-	Queued        int64 // remote objects waiting for deletion after the shred (before deleting)
-	Deleted       int   // remote objects deleted now
-	DeleteFailed  int   // remote objects that stay queued (deleting failed)
-	Destroyed     []keys.KEKRef
-	OtherChains   int                 // (--user) files of the user keyed under another chain
-	OldVersions   map[keys.KEKRef]int // files shredded per KEK version (a shred is final once they are destroyed)
-	StagingFreed  int                 // staged (ciphertext) chunks of shredded files removed
+	Files        int   // files whose key record was destroyed and entries removed
+	Links        int   // directory entries removed
+	Queued       int64 // remote objects waiting for deletion after the shred (before deleting)
+	Deleted      int   // remote objects deleted now
+	DeleteFailed int   // remote objects that stay queued (deleting failed)
+	Destroyed    []keys.KEKRef
+	OtherChains  int // (--user) files of the user keyed under another chain
+	// OldVersions are the live KEK versions that wrap a shredded file's key in an older copy
+	// of the catalog (the record's version and the older live ones of its chain; for a key a
+	// chown moved, the previous chain's versions too), with how many files each: the shred
+	// is final against older copies once they are destroyed — except on a passphrase
+	// volume (see Finality).
+	OldVersions   map[keys.KEKRef]int
+	Finality      Finality
+	StagingFreed  int // staged (ciphertext) chunks of shredded files removed
 	ShreddedInode []uint64
+
+	shredded []shreddedKey // the destroyed records' files and versions
 }
 
 // ResolvePath finds the inode of a path inside the volume ("/docs/a.txt" or "docs/a.txt").
@@ -88,7 +96,8 @@ func ResolvePath(ctx context.Context, cat *meta.Catalog, path string) (meta.Inod
 // anything changes: one bad path changes nothing.
 //
 // The shred is final once the KEK versions in res.OldVersions are destroyed (an older copy
-// of the catalog still holds the wrapped key): ShredNow / rotate --retire-old.
+// of the catalog still holds the wrapped key): ShredNow / rotate --retire-old; on a
+// passphrase volume not even then (res.Finality).
 func ShredPaths(ctx context.Context, v *volume.Volume, paths []string, opt ShredOptions) (ShredResult, error) {
 	opt.defaults(v)
 	res := ShredResult{OldVersions: map[keys.KEKRef]int{}}
@@ -130,15 +139,19 @@ func shredInodes(ctx context.Context, v *volume.Volume, inos []uint64, opt Shred
 		}
 		now := time.Now().UnixNano()
 		var files, links int
-		vers := map[keys.KEKRef]int{}
+		var shredded []shreddedKey
 		err := v.Catalog().Update(ctx, func(t *meta.Tx) error {
 			files, links = 0, 0
-			clear(vers)
+			shredded = shredded[:0]
 			for _, ino := range b {
 				k, err := t.GetKey(ino)
 				switch {
 				case err == nil:
-					vers[keys.KEKRef{Chain: k.Chain, Version: k.Version}]++
+					in, err := t.GetInode(ino)
+					if err != nil {
+						return err
+					}
+					shredded = append(shredded, shreddedKey{file: in.FileID, ref: keys.KEKRef{Chain: k.Chain, Version: k.Version}})
 					if err := t.ShredKey(ino, now, opt.Actor); err != nil {
 						return err
 					}
@@ -172,9 +185,7 @@ func shredInodes(ctx context.Context, v *volume.Volume, inos []uint64, opt Shred
 		res.Files += files
 		res.Links += links
 		res.ShreddedInode = append(res.ShreddedInode, b...)
-		for r, n := range vers {
-			res.OldVersions[r] += n
-		}
+		res.shredded = append(res.shredded, shredded...)
 	}
 	return nil
 }
@@ -182,6 +193,9 @@ func shredInodes(ctx context.Context, v *volume.Volume, inos []uint64, opt Shred
 // finishShred drops staged chunks of shredded files, purges the catalog files, and deletes
 // queued objects from the remote.
 func finishShred(ctx context.Context, v *volume.Volume, opt ShredOptions, res *ShredResult) error {
+	if err := finality(ctx, v, res); err != nil {
+		return err
+	}
 	gone := map[uint64]bool{}
 	for _, ino := range res.ShreddedInode {
 		gone[ino] = true
@@ -215,7 +229,10 @@ const deleteWorkers = 8
 // file another user owns whose key is still in uid's chain — a derive-mode file uid created
 // and gave away: it cannot be read without uid's KEK either, so it goes too). Files uid owns
 // that are keyed under another chain are shredded by record only: res.OtherChains counts
-// them, final once those versions are retired. Rerunning finishes an interrupted run.
+// them, final once those versions are retired. Files whose key a chown moved into uid's
+// chain are still wrapped under the previous owner's chain in older catalog copies: those
+// versions are in res.OldVersions and res.Finality.Moved. Rerunning finishes an interrupted
+// run.
 func ShredUser(ctx context.Context, v *volume.Volume, uid uint32, opt ShredOptions) (ShredResult, error) {
 	opt.defaults(v)
 	if opt.Live != nil {
@@ -299,12 +316,7 @@ func ShredUser(ctx context.Context, v *volume.Volume, uid uint32, opt ShredOptio
 	if err := shredInodes(ctx, v, inos, opt, &res); err != nil {
 		return res, err
 	}
-	for r := range res.OldVersions {
-		if r.Chain == chain {
-			delete(res.OldVersions, r) // already destroyed
-		}
-	}
-	return res, finishShred(ctx, v, opt, &res)
+	return res, finishShred(ctx, v, opt, &res) // OldVersions: uid's chain is destroyed, so not in them
 }
 
 // ShredVolume destroys every KEK version of every chain: first recorded (volume.shred in the
@@ -335,17 +347,29 @@ func ShredVolume(ctx context.Context, v *volume.Volume, opt ShredOptions) ([]key
 	return live, nil
 }
 
-// ShredNow makes earlier file shreds final at once on a wrap-mode volume: it rotates every
-// chain (re-wrapping every remaining file) and retires every older version, so no old copy
-// of the catalog can open a shredded file's key again. On a derive-mode volume it refuses:
+// ShredNow makes earlier file shreds final at once on a wrap-mode HSM volume: it rotates
+// every chain (re-wrapping every remaining file) and retires every older version, so no old
+// copy of the catalog can open a shredded file's key again. On a passphrase volume it does
+// the same, but an old copy keeps the retired versions, sealed under the passphrase it was
+// made with (Finality.Passphrase). On a derive-mode volume it refuses (DeriveNowError):
 // every file's key is derived from the same KEK version, so destroying that version needs
 // every other file re-encrypted first.
 func ShredNow(ctx context.Context, v *volume.Volume, ropt RotateOptions) (RotateResult, error) {
 	if v.KeyMode != keys.ModeWrap {
-		return RotateResult{}, ErrDeriveNow
+		return RotateResult{}, DeriveNowError(v)
 	}
 	ropt.RetireOld = true
 	return Rotate(ctx, v, ropt)
+}
+
+// DeriveNowError is ErrDeriveNow, saying on a passphrase volume that not even the rotation
+// it points at is final against an older catalog copy.
+func DeriveNowError(v *volume.Volume) error {
+	if v.Kind == meta.ProviderPassphrase {
+		return fmt.Errorf("%w; on this passphrase volume not even that is final against an older copy of the catalog, "+
+			"which keeps the old version sealed under the passphrase it was made with", ErrDeriveNow)
+	}
+	return ErrDeriveNow
 }
 
 // ErrDeriveNow is returned by ShredNow on a derive-mode volume.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -266,5 +267,122 @@ func TestShredVolume(t *testing.T) {
 	e.close()
 	if _, err := volume.Open(ctx, e.state, e.secret, volume.OpenOptions{Logger: quiet}); err == nil {
 		t.Fatal("a shredded volume opened")
+	}
+}
+
+// TestShredOldCopyPassphrase: what a file shred, then shred --now, leaves to an older copy of
+// the catalog (and the file's objects, as remote versioning keeps them). On an HSM volume
+// the copy opens the file until --now and never after (the version is gone from the token):
+// Finality.Passphrase is false, OldVersions names the version. On a passphrase volume the
+// copy plus the passphrase reads the file back whole even after --now (the copy holds the
+// KEK version sealed under the passphrase): Finality.Passphrase says so, which is what
+// coffer shred prints instead of "final".
+func TestShredOldCopyPassphrase(t *testing.T) {
+	for _, pass := range []bool{false, true} {
+		e := newVol(t, volOpt{passphrase: pass})
+		data := pattern(5, 40000)
+		a := e.writeFile("a", 0, data)
+		e.writeFile("b", 0, pattern(6, 20000))
+		old := e.copyCatalog(a.Ino)
+
+		res, err := ShredPaths(ctx, e.v, []string{"/a"}, ShredOptions{Logger: quiet})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Finality.Passphrase != pass || res.Finality.Derive || len(res.Finality.Moved) != 0 ||
+			len(res.OldVersions) != 1 || res.OldVersions[keys.KEKRef{Version: 1}] != 1 {
+			t.Fatalf("passphrase %v: shred result %+v", pass, res)
+		}
+		got, err := e.readFromCopy(old, a.Ino)
+		if err != nil {
+			t.Fatalf("passphrase %v: before --now the old copy should read the file: %v", pass, err)
+		}
+		mustEqualBytes(t, got, data, "the shredded file from the old copy, before --now")
+
+		rres, err := ShredNow(ctx, e.v, RotateOptions{Logger: quiet})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(rres.Retired) != 1 || rres.Retired[0] != (keys.KEKRef{Version: 1}) || rres.Passphrase != pass {
+			t.Fatalf("passphrase %v: shred --now %+v", pass, rres)
+		}
+		got, err = e.readFromCopy(old, a.Ino)
+		if pass {
+			if err != nil {
+				t.Fatalf("passphrase volume: the old copy plus the passphrase should still read the file after --now: %v", err)
+			}
+			mustEqualBytes(t, got, data, "the shredded file from the old copy of a passphrase volume, after --now")
+		} else if !errors.Is(err, keys.ErrKEKMissing) {
+			t.Fatalf("HSM volume: the old copy after --now: %v, want ErrKEKMissing", err)
+		}
+	}
+}
+
+// TestShredUserAfterChown: a file uid 1000 made and gave to uid 2000 (a chown re-wraps its
+// key under u2000 and audits key.moved) is shredded with uid 2000's chain, but an older copy
+// of the catalog from before the chown holds its key under u1000/v1, which still exists (uid
+// 1000 has other files): the copy reads the file back whole. The shred says so: u1000/v1 in
+// OldVersions and Finality.Moved. Once u1000/v1 is retired (shred --now), the copy opens
+// nothing. Without the chown history the shred looked final.
+func TestShredUserAfterChown(t *testing.T) {
+	e := newVol(t, volOpt{perUser: true})
+	data := pattern(7, 30000)
+	a := e.writeFile("a", 1000, data)
+	e.writeFile("b", 1000, pattern(8, 10000))
+	old := e.copyCatalog(a.Ino)
+	e.writeFile("c", 2000, pattern(9, 10000))
+	e.chown(a.Ino, 2000)
+	if k, err := e.v.Catalog().GetKey(ctx, a.Ino); err != nil || k.Chain != "u2000" {
+		t.Fatalf("key after chown: %+v %v", k, err)
+	}
+
+	res, err := ShredUser(ctx, e.v, 2000, ShredOptions{Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	u1000 := keys.KEKRef{Chain: "u1000", Version: 1}
+	if res.Files != 2 || len(res.Destroyed) != 1 || res.Destroyed[0] != (keys.KEKRef{Chain: "u2000", Version: 1}) {
+		t.Fatalf("shred --user 2000: %+v", res)
+	}
+	if len(res.OldVersions) != 1 || res.OldVersions[u1000] != 1 || len(res.Finality.Moved) != 1 ||
+		res.Finality.Moved[0] != u1000 || res.Finality.MovedFiles != 1 {
+		t.Fatalf("shred --user 2000 does not name the chain the chowned file's key was under: old %v, finality %+v", res.OldVersions, res.Finality)
+	}
+	got, err := e.readFromCopy(old, a.Ino)
+	if err != nil {
+		t.Fatalf("the copy from before the chown should still read the file: %v", err)
+	}
+	mustEqualBytes(t, got, data, "the chowned file from the old copy after shred --user")
+
+	rres, err := ShredNow(ctx, e.v, RotateOptions{Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(rres.Retired, u1000) {
+		t.Fatalf("shred --now retired %v", rres.Retired)
+	}
+	// (The copy no longer opens as a volume, its volume/v1 being gone too; the file's own
+	// key record in it is what matters.)
+	oldCat, err := meta.OpenReadOnly(ctx, old.state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer oldCat.Close()
+	oldRec, err := oldCat.GetKey(ctx, a.Ino)
+	if err != nil || oldRec.Chain != "u1000" {
+		t.Fatalf("the copy's record: %+v %v", oldRec, err)
+	}
+	_, err = keys.OpenFileKey(ctx, e.v.Provider(), volume.RecordOf(oldRec), keys.FileIdentity{Volume: e.v.ID, File: a.FileID})
+	if !errors.Is(err, keys.ErrKEKMissing) || !strings.Contains(err.Error(), "u1000/v1") {
+		t.Fatalf("the copy's key after u1000/v1 is destroyed: %v, want ErrKEKMissing", err)
+	}
+	// A shred of a file that never changed owner names only its own chain.
+	e.writeFile("d", 1000, pattern(10, 1000))
+	res, err = ShredPaths(ctx, e.v, []string{"/d"}, ShredOptions{Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Finality.Moved) != 0 || len(res.OldVersions) != 1 || res.OldVersions[keys.KEKRef{Chain: "u1000", Version: 2}] != 1 {
+		t.Fatalf("shred of a file that never moved: old %v, finality %+v", res.OldVersions, res.Finality)
 	}
 }

@@ -310,6 +310,54 @@ func checkNoMarker(ctx context.Context, store remote.Store) error {
 	}
 }
 
+// ErrWrongRemote is returned by Open when the remote does not hold this volume's marker.
+var ErrWrongRemote = errors.New("the remote is not this volume's")
+
+// maxMarker bounds the marker object Open reads (its JSON is under 200 bytes).
+const maxMarker = 4096
+
+// checkMarker checks that store holds the marker of volume id (written by Create): a catalog
+// pointed at another volume's remote, at an empty one, or at one whose rclone configuration
+// changed, would otherwise write there (and a shred delete there). Errors wrap
+// ErrWrongRemote, except a remote that cannot be read.
+func checkMarker(ctx context.Context, store remote.Store, id [16]byte) error {
+	want := hex.EncodeToString(id[:])
+	size, err := store.Stat(ctx, MarkerName)
+	if errors.Is(err, remote.ErrNotFound) {
+		return fmt.Errorf("%w: remote %s holds no coffer volume marker (object %q), so it is not where volume %s was created "+
+			"(the catalog or the rclone configuration points elsewhere, or the marker was deleted: restore it from a backup); nothing was written there",
+			ErrWrongRemote, store, MarkerName, want)
+	}
+	if err != nil {
+		return fmt.Errorf("check the volume marker on remote %s: %w", store, err)
+	}
+	corrupt := func(why string) error {
+		return fmt.Errorf("%w: remote %s: its volume marker (object %q) %s, so coffer cannot tell that it belongs to volume %s; nothing was written there",
+			ErrWrongRemote, store, MarkerName, why, want)
+	}
+	if size > maxMarker {
+		return corrupt(fmt.Sprintf("is %d bytes, not a coffer marker", size))
+	}
+	body, err := store.GetRange(ctx, MarkerName, 0, size)
+	if err != nil {
+		return fmt.Errorf("read the volume marker on remote %s: %w", store, err)
+	}
+	var m marker
+	if err := json.Unmarshal(body, &m); err != nil {
+		return corrupt("is not valid JSON")
+	}
+	got, err := hex.DecodeString(m.Coffer)
+	if err != nil || len(got) != len(id) {
+		return corrupt("names no valid volume id")
+	}
+	if !bytes.Equal(got, id[:]) {
+		return fmt.Errorf("%w: remote %s holds volume %s (its marker %q), not this catalog's volume %s: "+
+			"the catalog or the rclone configuration points at another volume's remote; nothing was written there",
+			ErrWrongRemote, store, m.Coffer, MarkerName, want)
+	}
+	return nil
+}
+
 // moveCatalog renames the finished catalog into the state directory. After a clean Close
 // SQLite has folded the WAL back into the main file; any leftover journal files move too.
 func moveCatalog(from, to string) error {
@@ -408,8 +456,10 @@ type OpenOptions struct {
 }
 
 // Open opens the volume in stateDir with the PIN or passphrase in secret (not kept). It
-// refuses a catalog that another process owns. Errors say what failed: a wrong PIN or
-// passphrase, a missing module or token, a missing KEK version, an unreachable remote.
+// refuses a catalog that another process owns and, unless opt.ReadOnly, a remote that does
+// not hold this volume's marker (ErrWrongRemote: another volume's, an empty one, a corrupt
+// marker). Errors say what failed: a wrong PIN or passphrase, a missing module or token, a
+// missing KEK version, an unreachable remote.
 func Open(ctx context.Context, stateDir string, secret []byte, opt OpenOptions) (v *Volume, err error) {
 	log := opt.Logger
 	if log == nil {
@@ -466,6 +516,12 @@ func Open(ctx context.Context, stateDir string, secret []byte, opt OpenOptions) 
 	}
 	if v.store, err = remote.Open(ctx, mv.Remote, ropt); err != nil {
 		return v, err
+	}
+	if !opt.ReadOnly {
+		// Before anything is written there: the remote must be this volume's.
+		if err := checkMarker(ctx, v.store, mv.ID); err != nil {
+			return v, err
+		}
 	}
 	if opt.WrapStore != nil {
 		wrapped, err := opt.WrapStore(v.store)

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
 
 	"coffer/crypto/format"
@@ -164,4 +166,95 @@ func TestCreateValidates(t *testing.T) {
 	if _, err := os.Lstat(filepath.Join(dir, "state")); !os.IsNotExist(err) {
 		t.Error("refused configs created the state dir")
 	}
+}
+
+// TestOpenChecksMarker: Open refuses a remote that does not hold this volume's marker
+// (another volume's remote, an empty one, a corrupt marker) before anything is written
+// there; a read-only open (status) does not look. The old code opened all three.
+func TestOpenChecksMarker(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	pass := []byte("a passphrase for tests")
+	a, err := Create(ctx, passConfig(filepath.Join(dir, "a"), pass))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := Create(ctx, passConfig(filepath.Join(dir, "b"), pass))
+	if err != nil {
+		t.Fatal(err)
+	}
+	stateA, remA, remB := filepath.Join(dir, "a", "state"), filepath.Join(dir, "a", "remote"), filepath.Join(dir, "b", "remote")
+	markerA := filepath.Join(remA, MarkerName)
+	good, err := os.ReadFile(markerA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name  string
+		setup func()
+		want  []string
+	}{
+		{"another volume's marker", func() {
+			b, err := os.ReadFile(filepath.Join(remB, MarkerName))
+			if err != nil {
+				t.Fatal(err)
+			}
+			os.WriteFile(markerA, b, 0o600)
+		}, []string{"holds volume " + b.IDString(), "not this catalog's volume " + a.IDString()}},
+		{"empty remote", func() { os.Remove(markerA) },
+			[]string{"holds no coffer volume marker", "volume " + a.IDString()}},
+		{"corrupt marker", func() { os.WriteFile(markerA, []byte("{\"coffer_volume\":"), 0o600) },
+			[]string{"not valid JSON", "volume " + a.IDString()}},
+		{"marker without an id", func() { os.WriteFile(markerA, []byte(`{"coffer_volume":"xyz","format":1}`), 0o600) },
+			[]string{"names no valid volume id", "volume " + a.IDString()}},
+	}
+	for _, c := range cases {
+		c.setup()
+		before := listAll(t, remA)
+		v, err := Open(ctx, stateA, pass, OpenOptions{})
+		if err == nil {
+			v.Close(ctx)
+			t.Errorf("%s: Open succeeded", c.name)
+			continue
+		}
+		if !errors.Is(err, ErrWrongRemote) {
+			t.Errorf("%s: %v, want ErrWrongRemote", c.name, err)
+		}
+		for _, w := range c.want {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("%s: %q does not say %q", c.name, err, w)
+			}
+		}
+		if after := listAll(t, remA); !slices.Equal(before, after) {
+			t.Errorf("%s: the refused Open changed the remote: %v -> %v", c.name, before, after)
+		}
+		// Read-only (status) still opens: it writes nothing.
+		v, err = Open(ctx, stateA, pass, OpenOptions{ReadOnly: true})
+		if err != nil {
+			t.Errorf("%s: read-only Open: %v", c.name, err)
+		} else {
+			v.Close(ctx)
+		}
+		os.WriteFile(markerA, good, 0o600)
+	}
+	v, err := Open(ctx, stateA, pass, OpenOptions{})
+	if err != nil {
+		t.Fatalf("Open with the marker restored: %v", err)
+	}
+	v.Close(ctx)
+}
+
+// listAll lists the files under dir, relative, sorted.
+func listAll(t *testing.T, dir string) []string {
+	t.Helper()
+	var out []string
+	filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			r, _ := filepath.Rel(dir, p)
+			out = append(out, r)
+		}
+		return nil
+	})
+	slices.Sort(out)
+	return out
 }

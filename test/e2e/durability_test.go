@@ -329,7 +329,7 @@ func TestKillDuringWrites(t *testing.T) {
 		wg.Wait()
 		when := fmt.Sprintf("kill %d/%d", k, kills)
 		chunks := v.checkCatalog(t, when)
-		staged := len(regularFiles(filepath.Join(v.State, "staging")))
+		staged := len(stagedFiles(filepath.Join(v.State, "staging")))
 		v.Mount()
 		for w := range models {
 			for _, kf := range models[w] {
@@ -342,7 +342,7 @@ func TestKillDuringWrites(t *testing.T) {
 			}
 		}
 		v.waitDrained(t, 60*time.Second)
-		if left := regularFiles(filepath.Join(v.State, "staging")); len(left) > 0 {
+		if left := stagedFiles(filepath.Join(v.State, "staging")); len(left) > 0 {
 			t.Errorf("%s: %d staged file(s) left after the remount uploaded everything, e.g. %s", when, len(left), left[0])
 		}
 		t.Logf("%s: %d chunk rows, %d staged files at the kill; drained after remount", when, chunks, staged)
@@ -505,7 +505,7 @@ func TestRemoteDown(t *testing.T) {
 	if m, _ := isMounted(v.Mnt); m {
 		t.Fatalf("%s still mounted after coffer unmount with the remote down", v.Mnt)
 	}
-	left := regularFiles(filepath.Join(v.State, "staging"))
+	left := stagedFiles(filepath.Join(v.State, "staging"))
 	if len(left) == 0 {
 		t.Fatal("nothing staged after an unmount with the remote down: the unsynced writes were lost")
 	}
@@ -531,13 +531,31 @@ func TestRemoteDown(t *testing.T) {
 
 // TestStagingDiskFull puts staging on an 8 MiB tmpfs and fills it: writes fail with
 // ENOSPC, data written before is intact, the daemon keeps serving reads, and once space is
-// freed writes work again.
+// freed writes work again. First, --staging-dir naming a directory that holds files coffer
+// did not put there is refused, its files and mode untouched; the empty tmpfs is taken.
 func TestStagingDiskFull(t *testing.T) {
 	v := newVolume(t, localRemote, withLogErrorsAllowed())
 	before := v.P(uniqueName())
 	beforeData := markedData(2 << 20)
 	mustWrite(t, before, beforeData, 0o644)
 	must(t, "unmount", boolErr(v.Unmount(), "unmount failed"))
+
+	busy := filepath.Join(v.Dir, "busy")
+	must(t, "mkdir", os.Mkdir(busy, 0o755))
+	mustWrite(t, filepath.Join(busy, "notes.txt"), []byte("not coffer's"), 0o644)
+	mustWrite(t, filepath.Join(busy, "0123456789abcdefghjkmnpqrs.stg"), []byte("not coffer's either"), 0o644)
+	r := v.run(mountTimeout, "mount", "--state", v.State, "--hsm-pin-file", v.PINFile, "--staging-dir", busy, v.Mnt)
+	if m, _ := isMounted(v.Mnt); m {
+		_, _ = exec1("fusermount3", "-u", "-z", v.Mnt)
+		t.Fatalf("mounted with a staging directory holding someone's files (%s)", r)
+	}
+	oneErrorLine(t, r)
+	if !strings.Contains(r.stderr, "holds files coffer did not put there") {
+		t.Errorf("refused --staging-dir: %s", r.stderr)
+	}
+	if fi, err := os.Stat(busy); err != nil || fi.Mode().Perm() != 0o755 || len(regularFiles(busy)) != 2 {
+		t.Errorf("a refused --staging-dir was changed: %v %v, files %v", fi.Mode(), err, regularFiles(busy))
+	}
 
 	stg := filepath.Join(v.Dir, "staging-tmpfs")
 	must(t, "mkdir", os.Mkdir(stg, 0o700))
@@ -588,7 +606,7 @@ func TestStagingDiskFull(t *testing.T) {
 	must(t, "remove the file that hit ENOSPC", os.Remove(full))
 
 	must(t, "unmount", boolErr(v.Unmount(), "unmount failed"))
-	if left := regularFiles(stg); len(left) > 0 {
+	if left := stagedFiles(stg); len(left) > 0 {
 		t.Errorf("%d file(s) left in the staging tmpfs after a clean unmount, e.g. %s", len(left), left[0])
 	}
 	v.Mount()

@@ -46,6 +46,7 @@ type options struct {
 	foreground           bool   // mount --foreground (the test process is the daemon's parent)
 	budget               time.Duration
 	allowLogErrors       bool // the test provokes errors the daemon may log at ERROR
+	initArgs             []string
 }
 
 // Option changes how newVolume creates and mounts a volume.
@@ -54,10 +55,13 @@ type Option func(*options)
 func withLayout(block, chunk string) Option {
 	return func(o *options) { o.blockSize, o.chunkSize = block, chunk }
 }
-func withAllowOther() Option              { return func(o *options) { o.allowOther = true } }
-func withForeground() Option              { return func(o *options) { o.foreground = true } }
-func withBudget(d time.Duration) Option   { return func(o *options) { o.budget = d } }
-func withLogErrorsAllowed() Option        { return func(o *options) { o.allowLogErrors = true } }
+func withAllowOther() Option            { return func(o *options) { o.allowOther = true } }
+func withForeground() Option            { return func(o *options) { o.foreground = true } }
+func withBudget(d time.Duration) Option { return func(o *options) { o.budget = d } }
+func withLogErrorsAllowed() Option      { return func(o *options) { o.allowLogErrors = true } }
+func withInitArgs(a ...string) Option {
+	return func(o *options) { o.initArgs = append(o.initArgs, a...) }
+}
 func (v *Volume) P(elem ...string) string { return filepath.Join(append([]string{v.Mnt}, elem...)...) }
 
 // Volume is one coffer volume created with `coffer init` on its own SoftHSM2 token and
@@ -168,6 +172,7 @@ func newVolume(t *testing.T, b backend, opt ...Option) *Volume {
 	if v.opts.blockSize != "" {
 		args = append(args, "--block-size", v.opts.blockSize, "--chunk-size", v.opts.chunkSize)
 	}
+	args = append(args, v.opts.initArgs...)
 	if r := v.run(initTimeout, args...); r.code != 0 {
 		t.Fatalf("coffer init (%s remote): %s", b, r)
 	}
@@ -542,11 +547,23 @@ func (v *Volume) Unmount() bool {
 	v.mounted, v.daemon = false, nil
 	v.mu.Unlock()
 	// A clean unmount with the remote reachable uploads everything that was staged.
-	if left := regularFiles(filepath.Join(v.State, "staging")); len(left) > 0 {
+	if left := stagedFiles(filepath.Join(v.State, "staging")); len(left) > 0 {
 		v.t.Errorf("%d staged file(s) left after a clean unmount (the remote was reachable), e.g. %s", len(left), left[0])
 		ok = false
 	}
 	return ok
+}
+
+// stagedFiles lists the staging files (*.stg) in a staging directory: not its marker
+// (content.StagingMarker).
+func stagedFiles(dir string) []string {
+	var out []string
+	for _, p := range regularFiles(dir) {
+		if strings.HasSuffix(p, ".stg") {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // regularFiles lists the regular files under dir.

@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -22,6 +23,7 @@ import (
 	"coffer/fs/meta"
 	"coffer/fs/volume"
 	"coffer/keys"
+	"coffer/keys/hsm"
 )
 
 // Key operations on a live mount: coffer rotate and coffer shred find the daemon serving
@@ -374,6 +376,70 @@ func TestLiveShredNowAndLocked(t *testing.T) {
 		t.Fatalf("shred of a missing path: %s", r)
 	}
 	sameBytes(t, "file named with a missing one", mustRead(t, b), db)
+}
+
+// TestLiveShredUserAfterChown: on a per-user volume, a file root wrote and then gave to uid
+// 2000 with chown (the daemon re-wraps its key under u2000 and audits key.moved) is shredded
+// live with uid 2000's chain. A catalog copy from before the chown still holds the key under
+// u0/v1, which lives on (root's other files): the copy opens it with the PIN. The daemon's
+// summary says so, naming u0/v1 (the old code said nothing, as if final); once rotate
+// --retire-old destroys u0/v1, the copy's key no longer opens.
+func TestLiveShredUserAfterChown(t *testing.T) {
+	if plainMode {
+		return
+	}
+	v := newVolume(t, localRemote, withInitArgs("--kek-per-user"))
+	a, b := v.P(uniqueName()), v.P(uniqueName())
+	mustWrite(t, a, markedData(100000), 0o644)
+	mustWrite(t, b, markedData(1000), 0o644)
+	rel := strings.TrimPrefix(a, v.Mnt)
+	must(t, "unmount", boolErr(v.Unmount(), "unmount failed"))
+	copyState := filepath.Join(v.Dir, "catalog-copy")
+	must(t, "mkdir", os.Mkdir(copyState, 0o700))
+	cb, err := os.ReadFile(v.catalogPath())
+	must(t, "read the catalog", err)
+	must(t, "copy the catalog", os.WriteFile(filepath.Join(copyState, meta.FileName), cb, 0o600))
+	v.Mount()
+
+	must(t, "chown", os.Chown(a, 2000, 2000))
+	if _, k := keyOf(t, v.catalog(t), rel); k.Chain != "u2000" {
+		t.Fatalf("after the chown the key is under %q", k.Chain)
+	}
+	r := v.run(time.Minute, "shred", "--state", v.State, "--user", "2000")
+	if r.code != 0 || !strings.Contains(r.stdout, "shredded uid 2000: KEK chain u2000 destroyed (u2000/v1), 1 files removed") ||
+		!strings.Contains(r.stdout, "not final yet: an older catalog copy can still open them until KEK u0/v1 is destroyed") ||
+		!strings.Contains(r.stdout, "u0/v1: the chain of a previous owner, which wrapped the key of 1 of them before a chown") {
+		t.Fatalf("live shred --user 2000: %s", r)
+	}
+
+	// The copy's key record, opened with the PIN and nothing else of the copy.
+	ctx := context.Background()
+	old, err := meta.OpenReadOnly(ctx, copyState)
+	must(t, "open the copy", err)
+	defer old.Close()
+	in, rec := keyOf(t, old, rel)
+	mv, err := old.Volume(ctx)
+	must(t, "the copy's volume", err)
+	openOld := func() error {
+		p, err := hsm.New(hsm.Config{Module: mv.HSMModule, Token: mv.HSMToken, PIN: v.Token.PIN, Volume: mv.ID})
+		must(t, "log in to the token", err)
+		defer p.Wipe()
+		dek, err := keys.OpenFileKey(ctx, p, volume.RecordOf(rec), keys.FileIdentity{Volume: mv.ID, File: in.FileID})
+		if err == nil {
+			dek.Wipe()
+		}
+		return err
+	}
+	if rec.Chain != "u0" || rec.Version != 1 {
+		t.Fatalf("the copy's record is under %s/v%d", rec.Chain, rec.Version)
+	}
+	must(t, "open the shredded file's key from the copy (u0/v1 lives on)", openOld())
+	if r := v.run(time.Minute, "rotate", "--state", v.State, "--retire-old"); r.code != 0 || !strings.Contains(r.stdout, "u0/v1") {
+		t.Fatalf("live rotate --retire-old: %s", r)
+	}
+	if err := openOld(); !errors.Is(err, keys.ErrKEKMissing) {
+		t.Fatalf("the copy's key after u0/v1 is destroyed: %v, want ErrKEKMissing", err)
+	}
 }
 
 // populateOffline adds n empty files with real key records to the unmounted volume, fast
