@@ -47,7 +47,7 @@ func cmdMount(ctx context.Context, env *cliEnv, args []string) error {
 	fl.DurationVar(&mc.UnmountTimeout, "unmount-timeout", time.Minute, "how long unmount waits for uploads before it gives up (data stays staged)")
 	fl.DurationVar(&mc.SyncTimeout, "sync-timeout", time.Minute, "how long fsync waits for uploads before it fails with EIO (data stays staged)")
 	fl.DurationVar(&mc.ReadTimeout, "read-timeout", time.Minute, "how long a read waits for the remote before it fails with EIO")
-	fl.StringVar(&mc.StagingDir, "staging-dir", "", "where staged ciphertext is kept (default STATE/staging); it must survive reboots")
+	fl.StringVar(&mc.StagingDir, "staging-dir", "", "where staged ciphertext is kept (default STATE/staging): new, empty, or used by this volume before; it must survive reboots")
 	fl.BoolVar(&mc.child, "daemon-child", false, "internal: run as the background daemon")
 	pos, err := parseFlags(fl, args)
 	if err != nil {

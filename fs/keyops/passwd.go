@@ -37,7 +37,7 @@ func ChangePassphrase(ctx context.Context, cat *meta.Catalog, oldPass, newPass [
 	if err := params.UnmarshalBinary(mv.KDFParams); err != nil {
 		return fmt.Errorf("catalog holds bad passphrase parameters: %w", err)
 	}
-	p, err := passphrase.Open(oldPass, mv.ID, params)
+	p, err := passphrase.OpenContext(ctx, oldPass, mv.ID, params)
 	if err != nil {
 		return err
 	}
@@ -63,7 +63,7 @@ func ChangePassphrase(ctx context.Context, cat *meta.Catalog, oldPass, newPass [
 	if _, err := SealAudit(ctx, cat, p, mv.ID, refOf(cur)); err != nil {
 		slog.Warn("audit log not sealed", "err", err)
 	}
-	newParams, newMats, err := p.ChangePassphrase(newPass, params.Cost, materials)
+	newParams, newMats, err := p.ChangePassphraseContext(ctx, newPass, params.Cost, materials)
 	if err != nil {
 		return err
 	}

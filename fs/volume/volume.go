@@ -143,7 +143,7 @@ func Create(ctx context.Context, cfg Config) (sum Summary, err error) {
 	if _, err := rand.Read(sum.ID[:]); err != nil {
 		return sum, fmt.Errorf("random volume id: %w", err)
 	}
-	prov, kdfParams, err := newProvider(cfg, sum.ID)
+	prov, kdfParams, err := newProvider(ctx, cfg, sum.ID)
 	if err != nil {
 		return sum, err
 	}
@@ -237,7 +237,7 @@ func Create(ctx context.Context, cfg Config) (sum Summary, err error) {
 
 // newProvider opens the provider for a new volume; for a passphrase it also returns the KDF
 // parameters to store.
-func newProvider(cfg Config, id [16]byte) (keys.Provider, []byte, error) {
+func newProvider(ctx context.Context, cfg Config, id [16]byte) (keys.Provider, []byte, error) {
 	switch cfg.Provider {
 	case meta.ProviderPKCS11:
 		p, err := hsm.New(hsm.Config{Module: cfg.HSMModule, Token: cfg.HSMToken, PIN: cfg.Secret, Volume: id})
@@ -250,7 +250,7 @@ func newProvider(cfg Config, id [16]byte) (keys.Provider, []byte, error) {
 		if cost == (passphrase.Cost{}) {
 			cost = passphrase.DefaultCost
 		}
-		p, params, err := passphrase.Create(cfg.Secret, id, cost)
+		p, params, err := passphrase.CreateContext(ctx, cfg.Secret, id, cost)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -553,7 +553,7 @@ func openProvider(ctx context.Context, cat *meta.Catalog, mv meta.Volume, secret
 		if err := params.UnmarshalBinary(mv.KDFParams); err != nil {
 			return nil, fmt.Errorf("catalog holds bad passphrase parameters: %w", err)
 		}
-		pp, err := passphrase.Open(secret, mv.ID, params)
+		pp, err := passphrase.OpenContext(ctx, secret, mv.ID, params)
 		if err != nil {
 			return nil, err
 		}
