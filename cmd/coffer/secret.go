@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"os/signal"
 	"sync"
+	"syscall"
 
 	"coffer/crypto/secmem"
 	"coffer/fs/meta"
@@ -158,6 +160,23 @@ func readNoEcho(fd int) ([]byte, error) {
 	}
 	defer unix.IoctlSetTermios(fd, unix.TCSETS, old)
 	buf := make([]byte, maxSecretLen+1)
+	// ^C (or SIGTERM) at the prompt ends the command at once: the read would otherwise go on
+	// until a newline, since the command's context takes those signals.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		select {
+		case <-sigs:
+			unix.IoctlSetTermios(fd, unix.TCSETS, old)
+			clear(buf)
+			fmt.Fprintln(os.Stderr, "\ncoffer: interrupted")
+			os.Exit(130)
+		case <-done:
+		}
+	}()
 	n := 0
 	var c [1]byte
 	for {
