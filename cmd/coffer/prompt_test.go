@@ -34,7 +34,15 @@ os.write(fd, b"half-typed")
 time.sleep(0.2)
 os.write(fd, b"\x03")
 start = time.time()
-_, status = os.waitpid(pid, 0)
+status = None
+while time.time() - start < 10:
+    done, st = os.waitpid(pid, os.WNOHANG)
+    if done:
+        status = st; break
+    time.sleep(0.05)
+if status is None:
+    os.kill(pid, 9); os.waitpid(pid, 0)
+    print("EXIT none: still running 10 s after ^C"); sys.exit(0)
 took = time.time() - start
 echo = termios.tcgetattr(fd)[3] & termios.ECHO
 print("EXIT", os.waitstatus_to_exitcode(status), "TOOK", round(took, 2), "ECHO", 1 if echo else 0)
