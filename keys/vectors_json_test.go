@@ -39,6 +39,18 @@ type keyVectorFile struct {
 	BadParams  []badParamsVector  `json:"bad_params"`
 	BadRecords []badRecordVector  `json:"bad_records"`
 	BadRefs    []refVector        `json:"bad_refs"`
+	VolumeKeys []volumeKeyVector  `json:"volume_keys"`
+}
+
+// volumeKeyVector is a volume-level key (FORMAT.md 9.8) of the volume chain's version.
+type volumeKeyVector struct {
+	Name    string `json:"name"`
+	HMACKey string `json:"hmac_key"`
+	Volume  string `json:"volume_id"`
+	Version uint32 `json:"version"`
+	Purpose string `json:"purpose"`
+	Msg     string `json:"msg"`
+	Key     string `json:"key"`
 }
 
 type wrapVector struct {
@@ -376,6 +388,15 @@ func buildKeyVectors(t *testing.T) keyVectorFile {
 			AESLabel: keys.HSMLabel(vol, s.ref, "aes"), HMACLabel: keys.HSMLabel(vol, s.ref, "hmac"),
 			SelfTestAAD: hx(keys.SelfTestAAD(vol, s.ref))})
 	}
+	for i, s := range keySpecs() {
+		purpose := []string{"replica", "names", "replica"}[i%3]
+		vol := id16(s.volume)
+		msg := keys.VolumeKeyMessage(vol, purpose)
+		m := hmac.New(sha256.New, s.hmacKey)
+		m.Write(msg)
+		vf.VolumeKeys = append(vf.VolumeKeys, volumeKeyVector{Name: "volume chain, HMAC key of " + s.name, HMACKey: hx(s.hmacKey), Volume: hx(s.volume),
+			Version: s.ref.Version, Purpose: purpose, Msg: hx(msg), Key: hx(m.Sum(nil))})
+	}
 	for _, s := range ppSpecs() {
 		vf.Passphrase = append(vf.Passphrase, makePassphrase(t, s))
 	}
@@ -553,6 +574,25 @@ func checkKeyVectors(t *testing.T, vf keyVectorFile) {
 		if err := (keys.KEKRef{Chain: r.Chain, Version: r.Version}).Validate(); err == nil {
 			t.Errorf("bad ref %s accepted", r.Name)
 		}
+	}
+	if len(vf.VolumeKeys) == 0 {
+		t.Error("no volume key vectors")
+	}
+	for _, v := range vf.VolumeKeys {
+		vol, ref := id16(unhex(t, v.Volume)), keys.KEKRef{Version: v.Version}
+		if got := hx(keys.VolumeKeyMessage(vol, v.Purpose)); got != v.Msg {
+			t.Errorf("volume key %s: msg %s, vector %s", v.Name, got, v.Msg)
+		}
+		prov := kekProvider{ref: newKEK(t, make([]byte, 32), unhex(t, v.HMACKey))}
+		k, err := keys.VolumeKey(ctx, prov, ref, vol, v.Purpose)
+		if err != nil {
+			t.Fatalf("volume key %s: %v", v.Name, err)
+		}
+		if hx(k.Bytes()) != v.Key {
+			t.Errorf("volume key %s: VolumeKey gives %s, vector %s", v.Name, hx(k.Bytes()), v.Key)
+		}
+		k.Wipe()
+		prov.Wipe()
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"strings"
 	"testing"
 
 	"coffer/keys"
@@ -241,6 +242,52 @@ func Run(t *testing.T, newFixture func(t *testing.T) Fixture) {
 		}
 		if len(a) != keys.MACSize || !bytes.Equal(a, b) || bytes.Equal(a, c) {
 			t.Fatalf("MAC not a deterministic 32-byte function: %x %x %x", a, b, c)
+		}
+	})
+
+	t.Run("VolumeKey", func(t *testing.T) {
+		f, mats := setup(t)
+		a, err := keys.VolumeKey(ctx, f.P, v1, f.Volume, "replica")
+		if err != nil {
+			t.Fatal(err)
+		}
+		mac, err := f.P.MAC(ctx, v1, keys.VolumeKeyMessage(f.Volume, "replica"))
+		if err != nil || !bytes.Equal(a.Bytes(), mac) || len(mac) != keys.DEKSize {
+			t.Fatalf("VolumeKey is not the provider's HMAC over VolumeKeyMessage: %v", err)
+		}
+		other, _ := keys.VolumeKey(ctx, f.P, v1, f.Volume, "names")
+		next, _ := keys.VolumeKey(ctx, f.P, v2, f.Volume, "replica")
+		if other == nil || next == nil || bytes.Equal(a.Bytes(), other.Bytes()) || bytes.Equal(a.Bytes(), next.Bytes()) {
+			t.Fatal("volume keys of another purpose or KEK version are not distinct")
+		}
+		if _, err := keys.VolumeKey(ctx, f.P, u1, f.Volume, "replica"); err == nil {
+			t.Fatal("a user chain's version gave a volume key")
+		}
+		for _, bad := range []string{"", "Replica", "a b", "x/y", strings.Repeat("a", 33)} {
+			if _, err := keys.VolumeKey(ctx, f.P, v1, f.Volume, bad); err == nil {
+				t.Fatalf("purpose %q accepted", bad)
+			}
+		}
+		// The same key from a new instance of the provider (the HSM's stored HMAC key, or the
+		// passphrase material): a replica sealed before a remount opens after it.
+		if f.Reopen != nil {
+			if err := f.P.Wipe(); err != nil {
+				t.Fatal(err)
+			}
+			p2 := f.Reopen(t)
+			if err := p2.Load(v1, mats[v1]); err != nil {
+				t.Fatal(err)
+			}
+			again, err := keys.VolumeKey(ctx, p2, v1, f.Volume, "replica")
+			if err != nil || !bytes.Equal(again.Bytes(), a.Bytes()) {
+				t.Fatalf("volume key differs on a new instance: %v", err)
+			}
+			if err := p2.DestroyKEK(ctx, v1); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := keys.VolumeKey(ctx, p2, v1, f.Volume, "replica"); !errors.Is(err, keys.ErrKEKMissing) {
+				t.Fatalf("volume key after DestroyKEK: %v, want ErrKEKMissing", err)
+			}
 		}
 	})
 

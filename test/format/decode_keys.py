@@ -350,6 +350,26 @@ def check_derive(v):
             name + " record with IV")
 
 
+def volume_key_msg(volume_id, purpose):
+    check_id("volume id", volume_id)
+    if not re.fullmatch(r"[a-z0-9-]{1,32}", purpose):
+        raise Reject("volume key purpose %r" % purpose)
+    return lp(b"coffer/volume-key/v1") + lp(volume_id) + lp(purpose.encode())
+
+
+def check_volume_key(v):
+    name = "volume key %s" % v["name"]
+    vol, key = h(v, "volume_id"), h(v, "hmac_key")
+    msg = volume_key_msg(vol, v["purpose"])
+    eq(msg, h(v, "msg"), name + " msg")
+    got = hmac_sha256(key, msg)
+    eq(got, h(v, "key"), name + " key")
+    other = "names" if v["purpose"] != "names" else "replica"
+    ok(hmac_sha256(key, volume_key_msg(vol, other)) != got, name + " other purpose, other key")
+    ok(hmac_sha256(key, volume_key_msg(flip(vol, 0), v["purpose"])) != got, name + " other volume, other key")
+    rejects(lambda: volume_key_msg(vol, "Replica"), name + " upper-case purpose")
+
+
 def check_hsm(v):
     name = "hsm label %s" % v["name"]
     vol, chain, ver = h(v, "volume_id"), v["chain"], v["version"]
@@ -432,7 +452,8 @@ def main():
     sections = [("wrap", check_wrap), ("derive", check_derive), ("hsm", check_hsm),
                 ("passphrase", check_passphrase), ("edge_params", check_edge_params),
                 ("bad_params", check_bad_params),
-                ("bad_records", check_bad_record), ("bad_refs", check_bad_chain)]
+                ("bad_records", check_bad_record), ("bad_refs", check_bad_chain),
+                ("volume_keys", check_volume_key)]
     for key, fn in sections:
         vs = doc.get(key) or []
         ok(len(vs) > 0, "vectors.json has no %r vectors" % key)
