@@ -320,6 +320,9 @@ func CallSecret(ctx context.Context, mountpoint string, op string, secret []byte
 		return Reply{}, err
 	}
 	defer c.Close()
+	// Cancelling ctx (^C, SIGTERM) ends the wait at once, as Stream does.
+	stop := context.AfterFunc(ctx, func() { c.Close() })
+	defer stop()
 	c.SetDeadline(time.Now().Add(timeout))
 	if err := json.NewEncoder(c).Encode(Request{Op: op}); err != nil {
 		return Reply{}, fmt.Errorf("send %s request: %w", op, err)
@@ -334,6 +337,9 @@ func CallSecret(ctx context.Context, mountpoint string, op string, secret []byte
 	}
 	var r Reply
 	if err := json.NewDecoder(c).Decode(&r); err != nil {
+		if ctx.Err() != nil {
+			return Reply{}, fmt.Errorf("interrupted: the %s request was sent; the daemon of %s may still carry it out", op, abs)
+		}
 		return Reply{}, fmt.Errorf("no answer from the coffer daemon of %s: %w", abs, err)
 	}
 	if !r.OK {
