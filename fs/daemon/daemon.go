@@ -224,8 +224,13 @@ func Run(parent context.Context, mc Config, secret []byte, ready func(error)) (e
 // CheckMountpoint fails if a running daemon serves mnt, clears a mount left by a dead one,
 // and checks that mnt is a directory.
 func CheckMountpoint(ctx context.Context, mnt string) error {
-	if _, err := control.Call(ctx, mnt, "status", 2*time.Second); err == nil {
+	_, err := control.Call(ctx, mnt, "status", 2*time.Second)
+	switch {
+	case err == nil:
 		return fmt.Errorf("%s is already mounted by a running coffer daemon (coffer unmount %s)", mnt, mnt)
+	case errors.Is(err, os.ErrPermission):
+		// Another user's daemon serves it: never take it for a dead mount and detach it.
+		return fmt.Errorf("%s is already mounted: %w", mnt, err)
 	}
 	// A coffer mount that no daemon answers for was left by a killed daemon. Right after a
 	// kill -9 it may not fail with ENOTCONN yet, so look it up rather than stat it.
@@ -238,9 +243,9 @@ func CheckMountpoint(ctx context.Context, mnt string) error {
 	if err := fusefront.ClearDeadMount(mnt); err != nil {
 		return err
 	}
-	st, err := os.Stat(mnt)
-	if err != nil {
-		return fmt.Errorf("mountpoint: %w", err)
+	st, serr := os.Stat(mnt)
+	if serr != nil {
+		return fmt.Errorf("mountpoint: %w", serr)
 	}
 	if !st.IsDir() {
 		return fmt.Errorf("mountpoint %s is not a directory", mnt)
