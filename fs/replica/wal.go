@@ -114,7 +114,7 @@ func ReadCommitted(r io.ReaderAt, size int64, from Position) (frames []Frame, ne
 		return nil, from, fmt.Errorf("WAL of %d bytes has no header: %w", size, ErrWALReset)
 	}
 	var hb [walHeaderSize]byte
-	if _, err := r.ReadAt(hb[:], 0); err != nil {
+	if err := readAt(r, hb[:], 0); err != nil {
 		return nil, from, fmt.Errorf("reading WAL header: %w", err)
 	}
 	h, err := parseHeader(hb[:])
@@ -145,7 +145,7 @@ func ReadCommitted(r io.ReaderAt, size int64, from Position) (frames []Frame, ne
 	ncommitted := 0
 	buf := make([]byte, frameSize)
 	for ; pos.Offset+frameSize <= size; pos.Offset += frameSize {
-		if _, err := r.ReadAt(buf, pos.Offset); err != nil {
+		if err := readAt(r, buf, pos.Offset); err != nil {
 			return nil, from, fmt.Errorf("reading WAL frame at offset %d: %w", pos.Offset, err)
 		}
 		be := binary.BigEndian
@@ -168,6 +168,19 @@ func ReadCommitted(r io.ReaderAt, size int64, from Position) (frames []Frame, ne
 		}
 	}
 	return frames[:ncommitted:ncommitted], next, nil
+}
+
+// readAt fills b from offset off; io.EOF with b filled is success, as
+// io.ReaderAt allows at the end of the input.
+func readAt(r io.ReaderAt, b []byte, off int64) error {
+	n, err := r.ReadAt(b, off)
+	if n == len(b) {
+		return nil
+	}
+	if err == nil || err == io.EOF {
+		err = io.ErrUnexpectedEOF
+	}
+	return err
 }
 
 // PageFile is a database file being rebuilt; *os.File is one.
