@@ -25,6 +25,7 @@ type vectorFile struct {
 	Tampered    []tamperVector `json:"tampered"`
 	Boxes       []boxVector    `json:"boxes"`
 	BadBoxes    []badBoxVector `json:"bad_boxes"`
+	Replica     replicaSection `json:"replica"`
 }
 
 type idVector struct {
@@ -282,6 +283,7 @@ func buildVectors(t *testing.T) vectorFile {
 		{"wrong key", hx(seq(0x41, 32)), vf.Boxes[0].AAD, hx(good)},
 		{"shorter than nonce and tag", hx(boxKey), "", hx(good[:27])},
 	}
+	vf.Replica = buildReplicaVectors(t)
 	return vf
 }
 
@@ -389,6 +391,7 @@ func checkStoredVectors(t *testing.T, vf vectorFile) {
 			t.Errorf("bad box %q: err = %v, want ErrAuth and no data", v.Desc, err)
 		}
 	}
+	checkReplicaVectors(t, vf.Replica)
 }
 
 // openTampered applies a tamper vector and opens the result as a reader
