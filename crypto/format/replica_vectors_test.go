@@ -32,7 +32,7 @@ type replicaVector struct {
 	Last       bool          `json:"last"`
 	Object     string        `json:"object_id"`
 	PlainLen   int64         `json:"plaintext_len"`
-	Plaintext  string        `json:"plaintext,omitempty"`         // hex, for short plaintexts
+	Plaintext  *string       `json:"plaintext,omitempty"`         // hex, for short plaintexts (present even if empty)
 	PlainGen   string        `json:"plaintext_pattern,omitempty"` // else byte i = (7*i+3) mod 251
 	Header     string        `json:"header"`
 	KDFInfo    string        `json:"subkey_info"`
@@ -99,7 +99,10 @@ func (v replicaVector) plaintext(t *testing.T) []byte {
 		}
 		return pattern(int(v.PlainLen))
 	}
-	return unhex(t, v.Plaintext)
+	if v.Plaintext == nil {
+		t.Fatal("replica vector without plaintext")
+	}
+	return unhex(t, *v.Plaintext)
 }
 
 func buildReplicaVectors(t *testing.T) replicaSection {
@@ -143,7 +146,8 @@ func buildReplicaVectors(t *testing.T) replicaSection {
 		if s.gen {
 			v.PlainGen = replicaPattern
 		} else {
-			v.Plaintext = hx(s.plain)
+			p := hx(s.plain)
+			v.Plaintext = &p
 		}
 		tmpl := replicaAAD(&hdr)
 		nb := ReplicaBlocks(n)
