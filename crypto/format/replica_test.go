@@ -247,7 +247,7 @@ func TestReplicaTamper(t *testing.T) {
 	// Wrong key (another KEK version's K_rep).
 	open("wrong key", obj, want, testReplicaKey(1), "block 0: tag mismatch")
 
-	// A header from another volume's object carries that volume and fails to match.
+	// The untouched object still opens (the cases above worked on copies).
 	if _, err := OpenReplica(key, want, obj); err != nil {
 		t.Fatalf("untouched object: %v", err)
 	}
