@@ -10,7 +10,8 @@ export GOEXPERIMENT := runtimesecret
 # A count, not a duration: Go 1.26's coordinator can fail a target with a bare "context
 # deadline exceeded" when a duration -fuzztime expires (go.dev/issue/75804, fixed in 1.27).
 FUZZ := $(addprefix ./crypto/format:,FuzzParseID:300000 FuzzHeader:300000 FuzzOpenBlock:300000 \
-	FuzzOpenRange:300000 FuzzOpenChunk:10000 FuzzOpenBox:300000 FuzzLayout:300000) \
+	FuzzOpenRange:300000 FuzzOpenChunk:10000 FuzzOpenBox:300000 FuzzLayout:300000 \
+	FuzzOpenReplica:80000) \
 	./fs/replica:FuzzReadCommitted:120000
 
 .PHONY: all build deps demo test check unit vectors fuzz bench bench-go clean

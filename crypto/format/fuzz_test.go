@@ -196,3 +196,40 @@ func FuzzLayout(f *testing.F) {
 		}
 	})
 }
+
+// FuzzOpenReplica opens arbitrary bytes as a replica object under arbitrary
+// expected names: it must never panic, and succeed only on the sealed
+// object under its own name (the object id and last flag come from the
+// stored header).
+func FuzzOpenReplica(f *testing.F) {
+	key := testReplicaKey(0)
+	h := testReplicaHeader(ReplicaSnapshot)
+	plain := pattern(ReplicaBlockSize + 100)
+	obj := mustSealReplica(f, key, h, plain)
+	empty := h
+	empty.Kind, empty.Part, empty.Last, empty.Position = ReplicaDelta, 0, false, h.Position+1
+	eobj := mustSealReplica(f, key, empty, nil)
+	f.Add(bytes.Clone(obj), byte(h.Kind), h.KEKVersion, h.Epoch, h.Position, h.Part)
+	f.Add(bytes.Clone(eobj), byte(empty.Kind), empty.KEKVersion, empty.Epoch, empty.Position, empty.Part)
+	f.Add(obj[:len(obj)-1], byte(h.Kind), h.KEKVersion, h.Epoch, h.Position, h.Part)
+	f.Add(obj[:ReplicaHeaderSize+ReplicaBlockSize+TagSize], byte(h.Kind), h.KEKVersion, h.Epoch, h.Position, h.Part)
+	f.Add(obj[:ReplicaHeaderSize], byte('d'), uint32(0), uint32(0), uint64(0), uint16(0))
+	f.Fuzz(func(t *testing.T, o []byte, kind byte, kek, epoch uint32, pos uint64, part uint16) {
+		want := ReplicaHeader{Kind: ReplicaKind(kind), KEKVersion: kek, Volume: h.Volume, Epoch: epoch, Position: pos, Part: part}
+		p, err := OpenReplica(key, want, o)
+		if err != nil {
+			if p != nil {
+				t.Fatal("data returned with an error")
+			}
+			return
+		}
+		ok := bytes.Equal(o, obj) && want.Kind == h.Kind && kek == h.KEKVersion && epoch == h.Epoch && pos == h.Position && part == h.Part && bytes.Equal(p, plain)
+		eok := bytes.Equal(o, eobj) && want.Kind == empty.Kind && kek == empty.KEKVersion && epoch == empty.Epoch && pos == empty.Position && part == 0 && len(p) == 0
+		if !ok && !eok {
+			t.Fatalf("OpenReplica accepted a forged object (%d bytes) as %s", len(o), want)
+		}
+		if _, err := ParseReplicaHeader(o); err != nil {
+			t.Fatalf("opened, but the header does not parse: %v", err)
+		}
+	})
+}

@@ -25,6 +25,7 @@ type vectorFile struct {
 	Tampered    []tamperVector `json:"tampered"`
 	Boxes       []boxVector    `json:"boxes"`
 	BadBoxes    []badBoxVector `json:"bad_boxes"`
+	Replica     replicaSection `json:"replica"`
 }
 
 type idVector struct {
@@ -282,6 +283,7 @@ func buildVectors(t *testing.T) vectorFile {
 		{"wrong key", hx(seq(0x41, 32)), vf.Boxes[0].AAD, hx(good)},
 		{"shorter than nonce and tag", hx(boxKey), "", hx(good[:27])},
 	}
+	vf.Replica = buildReplicaVectors(t)
 	return vf
 }
 
@@ -389,6 +391,7 @@ func checkStoredVectors(t *testing.T, vf vectorFile) {
 			t.Errorf("bad box %q: err = %v, want ErrAuth and no data", v.Desc, err)
 		}
 	}
+	checkReplicaVectors(t, vf.Replica)
 }
 
 // openTampered applies a tamper vector and opens the result as a reader
@@ -459,17 +462,20 @@ func openTampered(t *testing.T, vf vectorFile, tv tamperVector) ([]byte, error) 
 }
 
 // TestFormatDocQuotesVectors keeps FORMAT.md's worked example in sync with
-// the vectors: every hex value it quotes from vector 0 must be current.
+// the vectors: every hex value it quotes from vector 0 (and from replica
+// vector 0, section 12.8) must be current.
 func TestFormatDocQuotesVectors(t *testing.T) {
 	doc, err := os.ReadFile("../../FORMAT.md")
 	if err != nil {
 		t.Fatal(err)
 	}
 	vf := buildVectors(t)
-	v := vf.Objects[0]
+	v, r := vf.Objects[0], vf.Replica.Objects[0]
 	for name, want := range map[string]string{
 		"header": v.Header, "subkey": v.Subkey, "nonce": v.Blocks[0].Nonce, "aad": v.Blocks[0].AAD,
 		"object": v.ObjectData, "object name": v.ObjectName, "box": vf.Boxes[0].Box,
+		"replica header": r.Header, "replica subkey info": r.KDFInfo, "replica subkey": r.Subkey,
+		"replica nonce": r.Blocks[0].Nonce, "replica aad": r.Blocks[0].AAD, "replica object": r.ObjectData,
 	} {
 		if !strings.Contains(strings.Join(strings.Fields(string(doc)), ""), want) {
 			t.Errorf("FORMAT.md does not quote the current %s of vector 0 (%s...)", name, want[:min(len(want), 16)])

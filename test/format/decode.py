@@ -2,9 +2,9 @@
 """Independent decoder for coffer's content format, written from FORMAT.md alone.
 
 It reads crypto/format/testdata/vectors.json, re-derives every key, rebuilds every
-header, nonce and associated data, decrypts every object and box, re-encrypts and
-compares bytes, and checks that tampered variants (from the vectors and its own) are
-rejected. Exit status 0 only if every check passed; the last line is "N passed, M failed".
+header, nonce and associated data, decrypts every object, replica object (section 12)
+and box, re-encrypts and compares bytes, and checks that tampered variants (from the
+vectors and its own) are rejected. Exit status 0 only if every check passed; the last line is "N passed, M failed".
 
 Run: /usr/bin/python3 test/format/decode.py [path/to/vectors.json]
 Needs only python3-cryptography (Debian 12: version 38).
@@ -448,6 +448,286 @@ def check_boxes(c, vf):
         c.rejects("bad box: " + v["desc"], lambda: open_box(h(v["key"]), h(v["box"]), h(v["aad"])))
 
 
+# ---------------------------------------------------------------- FORMAT.md 12 (replica objects)
+
+REPL_HEADER_SIZE = 64
+REPL_MAGIC = b"COFREPL1"
+REPL_VERSION = 1
+REPL_LOG2_B = 16
+REPL_B = 1 << REPL_LOG2_B
+REPL_KEY_LABEL = b"coffer/v1 replica object"
+REPL_AAD_LABEL = b"coffer/v1 replica block"
+REPL_FLAG_LAST = 1
+REPL_PATTERN = "(7*i+3) mod 251"
+
+
+def repl_header(kind, kek_version, vol, epoch, pos, part, last, obj):
+    """The 64-byte header of 12.2 from its fields."""
+    hdr = (REPL_MAGIC + bytes([REPL_VERSION, ord(kind), AEAD_AES256GCM, REPL_LOG2_B]) + struct.pack(">I", kek_version)
+           + vol + struct.pack(">IQHH", epoch, pos, part, REPL_FLAG_LAST if last else 0) + obj)
+    assert len(hdr) == REPL_HEADER_SIZE
+    return hdr
+
+
+def repl_parse_header(b):
+    """12.2 strict parse: returns (kind, kek_version, vol, epoch, pos, part, last, obj)."""
+    if len(b) < REPL_HEADER_SIZE:
+        raise Reject("shorter than the header")
+    b = b[:REPL_HEADER_SIZE]
+    if b[0:8] != REPL_MAGIC:
+        raise Reject("bad magic")
+    if b[8] != REPL_VERSION or b[10] != AEAD_AES256GCM or b[11] != REPL_LOG2_B:
+        raise Reject("unsupported version, cipher or block size")
+    kind = chr(b[9])
+    if kind not in "ds":
+        raise Reject("unknown kind")
+    (kek_version,) = struct.unpack(">I", b[12:16])
+    vol = b[16:32]
+    epoch, pos, part, flags = struct.unpack(">IQHH", b[32:48])
+    obj = b[48:64]
+    if kek_version == 0 or vol == bytes(16) or obj == bytes(16):
+        raise Reject("zero KEK version, volume id or object id")
+    if flags & ~REPL_FLAG_LAST:
+        raise Reject("reserved flag bits set")
+    if kind == "d" and (part != 0 or flags != 0):
+        raise Reject("delta with a part or flags")
+    last = bool(flags & REPL_FLAG_LAST)
+    assert repl_header(kind, kek_version, vol, epoch, pos, part, last, obj) == b
+    return kind, kek_version, vol, epoch, pos, part, last, obj
+
+
+def repl_kdf_fields(kind, vol, epoch, pos, part, obj):
+    return [vol, u32(epoch), u64(pos), kind.encode(), struct.pack(">H", part), obj]
+
+
+def repl_key(k_rep, kind, vol, epoch, pos, part, obj):
+    if len(k_rep) != 32:
+        raise ValueError("K_rep must be 32 bytes")
+    return derive_key(k_rep, REPL_KEY_LABEL, repl_kdf_fields(kind, vol, epoch, pos, part, obj))
+
+
+def repl_aad(hdr, i, last):
+    return lp(REPL_AAD_LABEL) + lp(hdr) + lp(u64(i)) + lp(b"\x01" if last else b"\x00")
+
+
+def repl_nblocks(L):
+    return max(1, (L + REPL_B - 1) // REPL_B)
+
+
+def repl_object_size(L):
+    return REPL_HEADER_SIZE + L + TAG * repl_nblocks(L)
+
+
+def repl_plain_len(size):
+    """12.5: the plaintext length an object size stands for, or None."""
+    r = size - REPL_HEADER_SIZE
+    if r < TAG:
+        return None
+    full, rem = divmod(r, REPL_B + TAG)
+    if rem == 0:
+        return full * REPL_B
+    if full == 0 and rem == TAG:
+        return 0
+    if rem > TAG:
+        return full * REPL_B + rem - TAG
+    return None
+
+
+def repl_seal(k_rep, kind, kek_version, vol, epoch, pos, part, last, obj, plaintext):
+    hdr = repl_header(kind, kek_version, vol, epoch, pos, part, last, obj)
+    gcm = AESGCM(repl_key(k_rep, kind, vol, epoch, pos, part, obj))
+    n = repl_nblocks(len(plaintext))
+    out = [hdr]
+    for i in range(n):
+        out.append(gcm.encrypt(nonce(i), plaintext[i * REPL_B:(i + 1) * REPL_B], repl_aad(hdr, i, i == n - 1)))
+    return b"".join(out)
+
+
+def repl_open(k_rep, want, data):
+    """12.6: want = (kind, kek_version, vol, epoch, pos, part) from the name and the volume."""
+    stored = repl_parse_header(data)
+    kind, kek_version, vol, epoch, pos, part, last, obj = stored
+    if (kind, kek_version, vol, epoch, pos, part) != tuple(want):
+        raise Reject("stored header does not match the name")
+    # Byte for byte: the expected header with the stored object id and flags.
+    if data[:REPL_HEADER_SIZE] != repl_header(*want, last, obj):
+        raise Reject("stored header bytes differ")
+    L = repl_plain_len(len(data))
+    if L is None:
+        raise Reject("object size fits no plaintext length")
+    hdr = data[:REPL_HEADER_SIZE]
+    gcm = AESGCM(repl_key(k_rep, kind, vol, epoch, pos, part, obj))
+    n = repl_nblocks(L)
+    out = []
+    pos_ = REPL_HEADER_SIZE
+    for i in range(n):
+        size = min(REPL_B, L - i * REPL_B) + TAG
+        try:
+            out.append(gcm.decrypt(nonce(i), data[pos_:pos_ + size], repl_aad(hdr, i, i == n - 1)))
+        except InvalidTag:
+            raise Reject("replica block %d: tag mismatch" % i)
+        pos_ += size
+    assert pos_ == len(data)
+    return b"".join(out)
+
+
+def repl_pattern(n):
+    return bytes((7 * i + 3) % 251 for i in range(n))
+
+
+def repl_name(v):
+    return (v["kind"], v["kek_version"], h(v["volume_id"]), v["epoch"], v["position"], v["part"])
+
+
+def repl_plaintext(v):
+    if v.get("plaintext_pattern"):
+        if v["plaintext_pattern"] != REPL_PATTERN:
+            raise ValueError("unknown plaintext pattern")
+        return repl_pattern(v["plaintext_len"])
+    return h(v["plaintext"])
+
+
+def check_replica_object(c, idx, v):
+    name = "replica %d" % idx
+    k_rep = h(v["key"])
+    kind, kek_version, vol, epoch, pos, part = repl_name(v)
+    obj, last = h(v["object_id"]), v["last"]
+    plain = repl_plaintext(v)
+    data = h(v["object"])
+    c.eq(name + " block size", v["block_size"], REPL_B)
+    c.eq(name + " plaintext_len", len(plain), v["plaintext_len"])
+    hdr = repl_header(kind, kek_version, vol, epoch, pos, part, last, obj)
+    c.eq(name + " header", hdr, h(v["header"]))
+    c.eq(name + " parse header", repl_parse_header(data), (kind, kek_version, vol, epoch, pos, part, last, obj))
+    fields = repl_kdf_fields(kind, vol, epoch, pos, part, obj)
+    c.eq(name + " subkey info", kdf_info(REPL_KEY_LABEL, fields), h(v["subkey_info"]))
+    c.eq(name + " subkey", repl_key(k_rep, kind, vol, epoch, pos, part, obj), h(v["subkey"]))
+    c.eq(name + " object size", repl_object_size(len(plain)), v["object_size"])
+    c.eq(name + " stored size", len(data), v["object_size"])
+    c.eq(name + " plaintext length from size", repl_plain_len(len(data)), len(plain))
+    n = repl_nblocks(len(plain))
+    c.eq(name + " block count", len(v["blocks"]), n)
+    off = REPL_HEADER_SIZE
+    for bv in v["blocks"]:
+        i = bv["index"]
+        bn = "%s block %d" % (name, i)
+        plen = min(REPL_B, len(plain) - i * REPL_B)
+        c.eq(bn + " offset", off, bv["offset"])
+        c.eq(bn + " length", plen + TAG, bv["length"])
+        c.eq(bn + " plain_len", plen, bv["plain_len"])
+        c.eq(bn + " last", i == n - 1, bv["last"])
+        c.eq(bn + " nonce", nonce(i), h(bv["nonce"]))
+        aad = repl_aad(hdr, i, i == n - 1)
+        c.eq(bn + " aad", aad, h(bv["aad"]))
+        c.eq(bn + " aad size", len(aad), 112)
+        c.eq(bn + " tag", data[off + plen:off + plen + TAG], h(bv["tag"]))
+        off += plen + TAG
+    c.eq(name + " decrypt", repl_open(k_rep, repl_name(v), data), plain)
+    c.eq(name + " re-encrypt", repl_seal(k_rep, kind, kek_version, vol, epoch, pos, part, last, obj, plain), data)
+
+
+def replica_own_tampering(c, idx, v, others):
+    """Tampered variants this decoder makes up itself from FORMAT.md 12.6."""
+    name = "replica %d" % idx
+    k_rep, want, data = h(v["key"]), repl_name(v), h(v["object"])
+    n = len(v["blocks"])
+    small = len(data) < 1024
+    # Every header bit; every byte of a small object (one bit each); every tag bit.
+    for p in range(len(data)):
+        in_tag = any(bv["offset"] + bv["length"] - TAG <= p < bv["offset"] + bv["length"] for bv in v["blocks"])
+        if p < REPL_HEADER_SIZE or in_tag:
+            bits = range(8)
+        elif small or p % 997 == 0:
+            bits = [p % 8]
+        else:
+            continue
+        for bit in bits:
+            d = bytearray(data)
+            d[p] ^= 1 << bit
+            c.rejects("%s flip byte %d bit %d" % (name, p, bit), lambda: repl_open(k_rep, want, bytes(d)))
+    # Every truncation of a small object; block boundaries and the last block of a large one.
+    cuts = range(len(data)) if small else sorted({0, 63, 64, 65, 80, v["blocks"][0]["length"] + 64,
+                                                  len(data) - 1, len(data) - 16, len(data) - 17})
+    for cut in cuts:
+        c.rejects("%s truncated to %d" % (name, cut), lambda: repl_open(k_rep, want, data[:cut]))
+    for extra in (b"\x00", bytes(TAG), bytes(TAG + 1)):
+        c.rejects("%s extended by %d" % (name, len(extra)), lambda: repl_open(k_rep, want, data + extra))
+    # The last block re-read as not last: drop it and keep the others (multi-block only).
+    if n >= 2:
+        c.rejects(name + " last block dropped", lambda: repl_open(k_rep, want, data[:v["blocks"][-1]["offset"]]))
+    # Every field of the name changed, with the stored header as is and rewritten to match.
+    kind, kek_version, vol, epoch, pos, part = want
+    _, _, _, _, _, _, last, obj = repl_parse_header(data)
+    variants = [("kind", ("s" if kind == "d" else "d", kek_version, vol, epoch, pos, 0)),
+                ("kek version", (kind, kek_version + 1, vol, epoch, pos, part)),
+                ("volume", (kind, kek_version, bytes(range(0x50, 0x60)), epoch, pos, part)),
+                ("epoch", (kind, kek_version, vol, epoch + 1, pos, part)),
+                ("position", (kind, kek_version, vol, epoch, pos + 1, part))]
+    if kind == "s":
+        variants.append(("part", (kind, kek_version, vol, epoch, pos, part + 1)))
+    for what, w in variants:
+        c.rejects("%s named with another %s" % (name, what), lambda: repl_open(k_rep, w, data))
+        forged = repl_header(*w, last and w[0] == "s", obj) + data[REPL_HEADER_SIZE:]
+        c.rejects("%s named with another %s, header forged" % (name, what), lambda: repl_open(k_rep, w, forged))
+    c.rejects(name + " wrong key", lambda: repl_open(bytes(32), want, data))
+    for j, w in others:
+        od = h(w["object"])
+        c.rejects("%s replaced by replica %d" % (name, j), lambda: repl_open(k_rep, want, od))
+        c.rejects("%s replaced by replica %d, header kept" % (name, j),
+                  lambda: repl_open(k_rep, want, data[:REPL_HEADER_SIZE] + od[REPL_HEADER_SIZE:]))
+
+
+def apply_replica_tamper(rs, t):
+    v = rs["objects"][t["vector"]]
+    k_rep, want, data = h(v["key"]), repl_name(v), bytearray(h(v["object"]))
+    kind = t["kind"]
+    if kind == "flip":
+        data[t["offset"]] ^= 1 << t["bit"]
+    elif kind == "truncate":
+        del data[t["length"]:]
+    elif kind == "extend":
+        data += h(t["append"])
+    elif kind == "swap_blocks":
+        blocks = [bytes(data[b["offset"]:b["offset"] + b["length"]]) for b in v["blocks"]]
+        a, b = t["block_a"], t["block_b"]
+        blocks[a], blocks[b] = blocks[b], blocks[a]
+        data = data[:REPL_HEADER_SIZE] + b"".join(blocks)
+    elif kind == "swap_header":
+        data[:REPL_HEADER_SIZE] = h(rs["objects"][t["with"]]["header"])
+    elif kind == "replace":
+        data = bytearray(h(rs["objects"][t["with"]]["object"]))
+    elif kind == "rename":
+        want = repl_name(t["expect"])
+        if t["rewrite_header"]:
+            last = bool(data[47] & REPL_FLAG_LAST) and want[0] == "s"
+            data[:REPL_HEADER_SIZE] = repl_header(*want, last, bytes(data[48:64]))
+    elif kind == "key":
+        k_rep = h(t["key"])
+    else:
+        raise ValueError("unknown replica tamper kind " + kind)
+    return k_rep, want, bytes(data)
+
+
+def check_replicas(c, vf):
+    rs = vf["replica"]
+    objs = rs["objects"]
+    for i, v in enumerate(objs):
+        check_replica_object(c, i, v)
+        replica_own_tampering(c, i, v, [(j, w) for j, w in enumerate(objs) if j != i])
+    for t in rs["tampered"]:
+        k_rep, want, data = apply_replica_tamper(rs, t)
+        c.rejects("replica tampered: " + t["desc"], lambda: repl_open(k_rep, want, data))
+    # Round trips at the sizes 12.5 singles out, with fresh random ids.
+    v = objs[0]
+    for L in (0, 1, REPL_B - 1, REPL_B, REPL_B + 1, 3 * REPL_B):
+        obj = os.urandom(16)
+        plain = os.urandom(L)
+        sealed = repl_seal(h(v["key"]), "s", 7, h(v["volume_id"]), 9, 11, 3, True, obj, plain)
+        c.eq("replica round trip %d bytes: size" % L, len(sealed), repl_object_size(L))
+        c.eq("replica round trip %d bytes" % L,
+             repl_open(h(v["key"]), ("s", 7, h(v["volume_id"]), 9, 11, 3), sealed), plain)
+
+
 def main():
     here = os.path.dirname(os.path.abspath(__file__))
     path = sys.argv[1] if len(sys.argv) > 1 else os.path.join(
@@ -464,6 +744,7 @@ def main():
             own_tampering(c, i, v, [(j, w) for j, w in enumerate(objs) if j != i])
         check_vector_tampering(c, vf)
         check_boxes(c, vf)
+        check_replicas(c, vf)
     except Exception as e:  # a crash is a failure, never a pass
         c.failed += 1
         print("FAIL: decoder raised %s: %s" % (type(e).__name__, e))
