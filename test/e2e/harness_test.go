@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
@@ -15,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"coffer/fs/mountinfo"
 	"coffer/test/s3server"
 	"coffer/test/softhsm"
 
@@ -458,44 +458,11 @@ func parentPID(pid int) (int, error) {
 
 // isMounted reports whether path is a mount point in our mount namespace, and its type.
 func isMounted(path string) (bool, string) {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
+	m, ok, err := mountinfo.Top(mountinfo.Self, path)
+	if err != nil || !ok {
 		return false, ""
 	}
-	defer f.Close()
-	found, fstype := false, ""
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) < 10 || unescapeMountinfo(fields[4]) != path {
-			continue
-		}
-		for i, fl := range fields {
-			if fl == "-" && i+1 < len(fields) {
-				found, fstype = true, fields[i+1] // the last (topmost) mount wins
-			}
-		}
-	}
-	return found, fstype
-}
-
-func unescapeMountinfo(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
+	return true, m.FSType
 }
 
 // Unmount runs `coffer unmount` and checks that it exits 0, that the daemon exits 0 soon
