@@ -14,7 +14,6 @@ import (
 	"strings"
 
 	"coffer/fs/control"
-
 	"coffer/fs/keyops"
 	"coffer/keys"
 )
@@ -114,7 +113,7 @@ func cmdShred(ctx context.Context, env *cliEnv, args []string) error {
 	if err != nil {
 		return err
 	}
-	out := shredOutput{ShredReply: control.NewShredReply(res), Finality: res.Finality}
+	out := control.NewShredReply(res)
 	if *now {
 		opt, pp := rotateOptions(env, "shred --now: re-wrap")
 		rres, err := keyops.ShredNow(ctx, v, opt)
@@ -150,7 +149,7 @@ func shredLive(ctx context.Context, env *cliEnv, mnt string, req control.Request
 		pp.end()
 	}
 	if len(r.Result) > 0 {
-		var out shredOutput
+		var out control.ShredReply
 		if jerr := json.Unmarshal(r.Result, &out); jerr != nil {
 			return fmt.Errorf("the daemon's shred result: %w", jerr)
 		}
@@ -163,20 +162,13 @@ func shredLive(ctx context.Context, env *cliEnv, mnt string, req control.Request
 	return err
 }
 
-// shredOutput is what a file or user shred reports, offline or from the daemon (which sends
-// this shape: fs/daemon/keyops.go, shredReply).
-type shredOutput struct {
-	control.ShredReply
-	Finality keyops.Finality `json:"finality"`
-}
-
 // shredSummary is the one line a file or user shred prints (offline and live alike). It says
 // exactly what is final: against this catalog, the shred always is; against an older copy of
 // the catalog, only once every KEK version that wrapped the files' keys is destroyed (HSM
 // volumes), never through coffer on a passphrase volume (the copy carries the versions,
 // sealed under the passphrase), and, after a chown on a per-user volume, only once the
 // previous owner's versions are destroyed too.
-func shredSummary(res shredOutput, user bool, uid uint32) string {
+func shredSummary(res control.ShredReply, user bool, uid uint32) string {
 	var b strings.Builder
 	if user {
 		fmt.Fprintf(&b, "shredded uid %d: KEK chain %s destroyed (%s), %d files removed",

@@ -89,11 +89,15 @@ type ShredReply struct {
 	Destroyed    []keys.KEKRef        `json:"destroyed,omitempty"`
 	OldVersions  []keys.KEKRef        `json:"old_versions,omitempty"` // a shred is final once these are destroyed
 	Now          *keyops.RotateResult `json:"now,omitempty"`
+	// Finality is what the summary says about older catalog copies (a passphrase volume,
+	// versions of another chain a chown moved a key from).
+	Finality keyops.Finality `json:"finality"`
 }
 
 // NewShredReply summarizes res, old versions in a stable order.
 func NewShredReply(res keyops.ShredResult) ShredReply {
-	r := ShredReply{Files: res.Files, Links: res.Links, Deleted: res.Deleted, DeleteFailed: res.DeleteFailed, Destroyed: res.Destroyed}
+	r := ShredReply{Files: res.Files, Links: res.Links, Deleted: res.Deleted, DeleteFailed: res.DeleteFailed,
+		Destroyed: res.Destroyed, Finality: res.Finality}
 	for k := range res.OldVersions {
 		r.OldVersions = append(r.OldVersions, k)
 	}

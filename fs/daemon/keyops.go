@@ -102,20 +102,11 @@ func volumePath(mnt, p string) string {
 	return p
 }
 
-// shredReply is a live shred's result: control.ShredReply, and under "finality" what
-// coffer shred's summary says about older catalog copies (keyops.Finality: a passphrase
-// volume, versions of another chain a chown moved a key from). The CLI decodes the same
-// shape (cmd/coffer/shred.go, shredOutput).
-type shredReply struct {
-	control.ShredReply
-	Finality keyops.Finality `json:"finality"`
-}
-
 // shred runs a file or user shred in the daemon (keyops with the mounted file system taking
 // part: open descriptors revoked, kernel caches dropped), then, with now, a rotation that
 // retires every older version. The shred itself is not cancelled by the client going away.
 // A shred that succeeded but whose --now part failed returns both the reply and the error.
-func (l *liveKeyOps) shred(ctx context.Context, actor string, req control.Request, progress func(keyops.Progress)) (*shredReply, error) {
+func (l *liveKeyOps) shred(ctx context.Context, actor string, req control.Request, progress func(keyops.Progress)) (*control.ShredReply, error) {
 	switch {
 	case req.Volume:
 		return nil, errors.New("--volume on a mounted volume: coffer unmount first (or coffer lock it now)")
@@ -146,7 +137,7 @@ func (l *liveKeyOps) shred(ctx context.Context, actor string, req control.Reques
 	if err != nil {
 		return nil, err
 	}
-	out := shredReply{ShredReply: control.NewShredReply(res), Finality: res.Finality}
+	out := control.NewShredReply(res)
 	if req.Now {
 		rres, err := l.rotate(ctx, actor, true, progress)
 		if err != nil {
@@ -184,7 +175,7 @@ func (l *liveKeyOps) serve(c *net.UnixConn, uid int, req control.Request) {
 		res, err = l.rotate(ctx, actor, req.RetireOld, w.progress)
 		result = res
 	case "shred":
-		var res *shredReply
+		var res *control.ShredReply
 		res, err = l.shred(ctx, actor, req, w.progress)
 		if res != nil {
 			result = res
