@@ -6,21 +6,6 @@ package hsm
 #include <stdlib.h>
 #include <string.h>
 
-// dlopen_error tries to load path and returns the loader's reason on failure (NULL if it
-// loads). The handle is closed again at once.
-static const char *dlopen_error(const char *path) {
-	void *h = dlopen(path, RTLD_LAZY | RTLD_LOCAL);
-	if (h == NULL) {
-		return dlerror();
-	}
-	if (dlsym(h, "C_GetFunctionList") == NULL) {
-		dlclose(h);
-		return "no C_GetFunctionList symbol";
-	}
-	dlclose(h);
-	return NULL;
-}
-
 // The head of PKCS#11's CK_FUNCTION_LIST: a CK_VERSION (two bytes) and then the function
 // pointers in the order of pkcs11f.h (68 in versions 2.x; 3.0 keeps them first).
 struct coffer_fl {
@@ -97,17 +82,6 @@ import (
 
 	"github.com/miekg/pkcs11"
 )
-
-// dlopenError returns why the dynamic loader refuses path ("" if it loads). Used only to
-// explain a failure: the binding reports a failed dlopen with no reason.
-func dlopenError(path string) string {
-	cpath := C.CString(path)
-	defer C.free(unsafe.Pointer(cpath))
-	if msg := C.dlopen_error(cpath); msg != nil {
-		return C.GoString(msg)
-	}
-	return ""
-}
 
 // neededFunctions are the entries of CK_FUNCTION_LIST (index in pkcs11f.h order) that
 // crypto11 and the binding call. The binding calls C_GetFunctionList without checking its

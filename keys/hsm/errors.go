@@ -118,11 +118,9 @@ func configureError(module, token string, err error) error {
 	case strings.Contains(msg, "could not find PKCS#11 token"):
 		return keys.Errorf(keys.ErrTokenNotFound, "token %q not found by PKCS#11 module %s (no initialized token has that label)", token, module)
 	case strings.Contains(msg, "could not open PKCS#11"):
-		why := dlopenError(module)
-		if why == "" {
-			why = "the module did not load"
-		}
-		return keys.Errorf(keys.ErrModule, "cannot load PKCS#11 module %s: %s", module, why)
+		// checkModule's probe has loaded it already and reported any loader error; this
+		// is the binding failing after that.
+		return keys.Errorf(keys.ErrModule, "cannot load PKCS#11 module %s: the module did not load", module)
 	}
 	return fmt.Errorf("hsm: open token %q: %s", token, msg)
 }
