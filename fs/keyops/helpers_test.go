@@ -208,6 +208,11 @@ func (e *tvol) readFile(ino uint64) ([]byte, error) {
 	e.t.Helper()
 	s := e.dataPath()
 	defer e.closeDataPath(s)
+	return readWhole(s, ino)
+}
+
+// readWhole reads file ino's whole content through data path s.
+func readWhole(s *content.DataPath, ino uint64) ([]byte, error) {
 	f, err := s.Open(ctx, ino)
 	if err != nil {
 		return nil, err
@@ -404,17 +409,7 @@ func (e *tvol) readFromCopy(c *catalogCopy, ino uint64) ([]byte, error) {
 		e.t.Fatal(err)
 	}
 	defer s.Close(ctx)
-	f, err := s.Open(ctx, ino)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Release(ctx)
-	buf := make([]byte, f.Size())
-	n, err := f.ReadAt(ctx, buf, 0)
-	if err != nil && !errors.Is(err, io.EOF) {
-		return nil, err
-	}
-	return buf[:n], nil
+	return readWhole(s, ino)
 }
 
 // chown gives file ino to uid as a chown on the mounted per-user volume does
