@@ -341,6 +341,10 @@ func ShredVolume(ctx context.Context, v *volume.Volume, opt ShredOptions) ([]key
 		return nil, err
 	}
 	sealCurrent(ctx, v, opt.Logger)
+	// Nothing can seal the catalog once the keys are gone, and no replica may outlive them.
+	if err := v.DiscardReplica(ctx); err != nil {
+		return nil, fmt.Errorf("delete the catalog's replica: %w", err)
+	}
 	if err := destroyVersions(ctx, v, live, opt.Actor, opt.Logger); err != nil {
 		return live, err
 	}

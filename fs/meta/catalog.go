@@ -49,7 +49,10 @@ func registerDrivers() {
 			if err := registerFuncs(c); err != nil {
 				return err
 			}
-			_, err := c.Exec("PRAGMA temp_store = MEMORY; PRAGMA journal_size_limit = 67108864", nil)
+			// wal_autocheckpoint=0: only Checkpoint and PurgeDeleted move WAL
+			// frames into the main file, so a replicator sees every frame
+			// before it goes (see Replication).
+			_, err := c.Exec("PRAGMA temp_store = MEMORY; PRAGMA journal_size_limit = 67108864; PRAGMA wal_autocheckpoint = 0", nil)
 			return err
 		}})
 		sql.Register(driverRO, &sqlite3.SQLiteDriver{ConnectHook: func(c *sqlite3.SQLiteConn) error {
@@ -88,6 +91,8 @@ type Catalog struct {
 	syncMu   sync.Mutex
 	commits  atomic.Uint64 // write transactions committed
 	synced   atomic.Uint64 // commits known durable
+
+	repl atomic.Pointer[replicationHolder] // nil: the catalog checkpoints itself
 
 	// testHook, when set (internal tests only), runs at every step of a
 	// write transaction; an error aborts the transaction there.
@@ -420,13 +425,24 @@ func (c *Catalog) Path() string { return c.path }
 // ChunkSize is the volume's chunk size in bytes.
 func (c *Catalog) ChunkSize() int64 { return c.chunkSize }
 
-// Sync makes every transaction committed before the call durable. Commits
+// Sync makes every transaction committed before the call durable, and, with a
+// replicator set (SetReplication), replicated. Commits
 // reach the WAL without an fsync (synchronous=NORMAL: a power cut may lose
 // the last ones, never consistency); Sync commits one tiny change with
 // synchronous=FULL, which fsyncs the WAL and so every frame before it. It is
 // free when nothing was committed since the last Sync.
 func (c *Catalog) Sync(ctx context.Context) error {
-	if c.w == nil || c.syncMode == "FULL" || c.syncMode == "EXTRA" {
+	if c.w == nil {
+		return nil
+	}
+	if err := c.syncWAL(ctx); err != nil {
+		return err
+	}
+	return c.flushReplica(ctx)
+}
+
+func (c *Catalog) syncWAL(ctx context.Context) error {
+	if c.syncMode == "FULL" || c.syncMode == "EXTRA" {
 		return nil
 	}
 	target := c.commits.Load()
@@ -467,11 +483,11 @@ func (c *Catalog) PurgeDeleted(ctx context.Context) error {
 	if c.w == nil {
 		return errf(syscall.EROFS, "purge deleted rows: catalog opened read-only")
 	}
-	var busy, frames, done int
-	if err := c.w.QueryRowContext(ctx, "PRAGMA wal_checkpoint(TRUNCATE)").Scan(&busy, &frames, &done); err != nil {
-		return wrapSQL("purge deleted rows", err)
+	done, err := c.Checkpoint(ctx)
+	if err != nil {
+		return fmt.Errorf("meta: purge deleted rows: %w", err)
 	}
-	if busy != 0 {
+	if !done {
 		return errf(syscall.EBUSY, "purge deleted rows: readers still hold older snapshots")
 	}
 	return nil
@@ -488,6 +504,11 @@ func (c *Catalog) Update(ctx context.Context, fn func(tx *Tx) error) error {
 func (c *Catalog) update(ctx context.Context, what string, fn func(*Tx) error) error {
 	if c.w == nil {
 		return errf(syscall.EROFS, "%s: catalog opened read-only", what)
+	}
+	if r := c.replication(); r != nil {
+		if err := r.Admit(); err != nil {
+			return fmt.Errorf("meta: %s: %w", what, err)
+		}
 	}
 	stx, err := c.w.BeginTx(ctx, nil)
 	if err != nil {
@@ -511,7 +532,9 @@ func (c *Catalog) update(ctx context.Context, what string, fn func(*Tx) error) e
 	if err := stx.Commit(); err != nil {
 		return wrapSQL(what+": commit", err)
 	}
-	c.commits.Add(1)
+	if n := c.commits.Add(1); n%selfCheckpointEvery == 0 && c.replication() == nil {
+		c.selfCheckpoint(ctx)
+	}
 	return nil
 }
 

@@ -21,6 +21,7 @@ type migration struct {
 // migrations is a var so that internal tests can append a future version.
 var migrations = []migration{
 	{1, "initial schema", schemaV1},
+	{2, "replica epoch", schemaV2},
 }
 
 func latestVersion() int { return migrations[len(migrations)-1].version }
@@ -148,6 +149,13 @@ var schemaV1 = []string{
 		hash      BLOB    NOT NULL,
 		mac       BLOB
 	) STRICT`,
+}
+
+// schemaV2 adds the owner epoch of the catalog's replicas (fs/replica): a
+// restore elsewhere raises the epoch in the remote's marker, and a daemon whose
+// catalog holds an older one stops writing. 0: never replicated.
+var schemaV2 = []string{
+	`ALTER TABLE volume ADD COLUMN replica_epoch INTEGER NOT NULL DEFAULT 0 CHECK (replica_epoch BETWEEN 0 AND 4294967295)`,
 }
 
 // migrate brings the schema to latestVersion in one transaction. fresh is

@@ -76,6 +76,16 @@ func (t *Tx) SetRemote(remote string) (err error) {
 	return err
 }
 
+// SetHSM replaces the HSM module path and token label (a restore on a new host).
+func (t *Tx) SetHSM(module, token string) (err error) {
+	defer t.track(&err)
+	if module == "" || token == "" {
+		return errf(syscall.EINVAL, "set HSM: module and token must not be empty")
+	}
+	_, err = t.exec("set HSM", `UPDATE volume SET hsm_module = ?, hsm_token = ? WHERE id = 1`, module, token)
+	return err
+}
+
 // blob stores an empty slice as NULL, so nil and empty read back the same.
 func blob(b []byte) any {
 	if len(b) == 0 {

@@ -19,6 +19,7 @@ import (
 
 	"coffer/crypto/format"
 	"coffer/fs/meta"
+	"coffer/fs/replica"
 	"coffer/keys"
 	"coffer/keys/hsm"
 	"coffer/keys/passphrase"
@@ -68,6 +69,7 @@ type marker struct {
 	Coffer  string `json:"coffer_volume"`
 	Format  int    `json:"format"`
 	Created string `json:"created"`
+	Epoch   uint32 `json:"epoch,omitempty"` // owner epoch of the catalog's replicas (FORMAT.md 12.13)
 }
 
 func (c *Config) validate() error {
@@ -204,7 +206,10 @@ func Create(ctx context.Context, cfg Config) (sum Summary, err error) {
 		return sum, fmt.Errorf("record KEK %s: %w", ref, err)
 	}
 
-	body, _ := json.Marshal(marker{Coffer: hex.EncodeToString(sum.ID[:]), Format: format.Version, Created: now.UTC().Format(time.RFC3339)})
+	if err := cat.SetReplicaEpoch(ctx, 1); err != nil {
+		return sum, err
+	}
+	body, _ := json.Marshal(marker{Coffer: hex.EncodeToString(sum.ID[:]), Format: format.Version, Created: now.UTC().Format(time.RFC3339), Epoch: 1})
 	if err := store.Put(ctx, MarkerName, body); err != nil {
 		return sum, fmt.Errorf("write volume marker to %s: %w", store, err)
 	}
@@ -220,6 +225,10 @@ func Create(ctx context.Context, cfg Config) (sum Summary, err error) {
 	closed = true
 	if err := cat.Close(); err != nil {
 		return sum, fmt.Errorf("close catalog: %w", err)
+	}
+	// The first snapshot of the catalog's replica, before the volume exists for anyone.
+	if err := firstSnapshot(ctx, &Volume{ID: sum.ID, StateDir: tmp, provider: prov, store: store, kek: ref}, log); err != nil {
+		return sum, err
 	}
 	if err := moveCatalog(tmp, stateDir); err != nil {
 		return sum, err
@@ -361,9 +370,9 @@ func checkMarker(ctx context.Context, store remote.Store, id [16]byte) error {
 // moveCatalog renames the finished catalog into the state directory. After a clean Close
 // SQLite has folded the WAL back into the main file; any leftover journal files move too.
 func moveCatalog(from, to string) error {
-	for _, suffix := range []string{"-wal", "-shm"} {
-		if _, err := os.Lstat(filepath.Join(from, meta.FileName+suffix)); err == nil {
-			if err := os.Rename(filepath.Join(from, meta.FileName+suffix), filepath.Join(to, meta.FileName+suffix)); err != nil {
+	for _, name := range []string{meta.FileName + "-wal", meta.FileName + "-shm", replica.StateFileName} {
+		if _, err := os.Lstat(filepath.Join(from, name)); err == nil {
+			if err := os.Rename(filepath.Join(from, name), filepath.Join(to, name)); err != nil {
 				return fmt.Errorf("move catalog into place: %w", err)
 			}
 		}
@@ -400,6 +409,7 @@ type Volume struct {
 	provider keys.Provider
 	keyring  *keys.Keyring
 	store    remote.Store
+	replica  *replica.Replicator // nil: read-only, or replication off
 
 	kekMu sync.Mutex
 	kek   keys.KEKRef // the volume chain's current version
@@ -453,6 +463,12 @@ type OpenOptions struct {
 	// WrapStore, if set, decorates the object store once it is open (the daemon's disk
 	// cache; tests inject faults). An error fails Open.
 	WrapStore func(remote.Store) (remote.Store, error)
+	// ReplicaInterval is how often committed catalog changes are shipped to the remote
+	// (replica.DefaultInterval if 0); fsync and the key commands wait for them anyway.
+	ReplicaInterval time.Duration
+	// NoReplica turns catalog replication off (benchmarks): a host loss then loses the
+	// volume.
+	NoReplica bool
 }
 
 // Open opens the volume in stateDir with the PIN or passphrase in secret (not kept). It
@@ -530,6 +546,11 @@ func Open(ctx context.Context, stateDir string, secret []byte, opt OpenOptions) 
 		}
 		v.store = wrapped
 	}
+	if !opt.ReadOnly && !opt.NoReplica {
+		if err := v.startReplica(ctx, opt, log); err != nil {
+			return v, err
+		}
+	}
 	return v, nil
 }
 
@@ -590,6 +611,9 @@ func openProvider(ctx context.Context, cat *meta.Catalog, mv meta.Volume, secret
 // wipes them (fusefront.FS.Lock does both). The volume is locked even if Lock returns an error (an
 // HSM that did not close its sessions in time).
 func (v *Volume) Lock() error {
+	if v.replica != nil {
+		v.replica.WipeKey()
+	}
 	if err := v.keyring.Lock(); err != nil {
 		return fmt.Errorf("lock volume: %w", err)
 	}
@@ -622,9 +646,14 @@ func (v *Volume) Unlock(ctx context.Context, secret []byte) error {
 	return nil
 }
 
-// Close wipes every key (cache, provider sessions) and closes the store and the catalog.
+// Close ships the catalog's last changes to the remote, wipes every key (cache, provider
+// sessions) and closes the store and the catalog. An error from the replication means the
+// remote may miss the last catalog changes (the next mount ships them).
 func (v *Volume) Close(ctx context.Context) error {
 	var errs []error
+	if v.replica != nil {
+		errs = append(errs, v.replica.Close(ctx))
+	}
 	if v.keyring != nil {
 		errs = append(errs, v.keyring.Wipe())
 	} else if v.provider != nil {
@@ -635,6 +664,9 @@ func (v *Volume) Close(ctx context.Context) error {
 	}
 	if v.catalog != nil {
 		errs = append(errs, v.catalog.Close())
+	}
+	if v.replica != nil && v.catalog != nil {
+		errs = append(errs, v.replica.MarkClean())
 	}
 	return errors.Join(errs...)
 }

@@ -1,0 +1,95 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"path/filepath"
+	"time"
+
+	"coffer/fs/keyops"
+	"coffer/fs/meta"
+	"coffer/fs/volume"
+)
+
+func init() {
+	commands["restore"] = command{"restore --state DIR --remote REMOTE [--hsm-module SO --hsm-token LABEL | --passphrase]", cmdRestore}
+}
+
+// cmdRestore rebuilds a lost host's state directory from the catalog replica on the remote.
+func cmdRestore(ctx context.Context, env *cliEnv, args []string) error {
+	fl := flag.NewFlagSet("restore", flag.ContinueOnError)
+	state := fl.String("state", "", "new state directory (absent or empty)")
+	remoteStr := fl.String("remote", "", "the volume's rclone remote")
+	module := fl.String("hsm-module", volume.DefaultHSMModule, "PKCS#11 module")
+	token := fl.String("hsm-token", "coffer", "HSM token label")
+	pinFile := fl.String("hsm-pin-file", "", "file holding the HSM PIN (else COFFER_HSM_PIN or a prompt)")
+	usePass := fl.Bool("passphrase", false, "a passphrase volume")
+	passFile := fl.String("passphrase-file", "", "file holding the passphrase (else COFFER_PASSPHRASE or a prompt)")
+	pos, err := parseFlags(fl, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return usageError{fmt.Sprintf("unexpected argument %q", pos[0])}
+	}
+	if *state == "" || *remoteStr == "" {
+		return usageError{"--state DIR and --remote REMOTE are required"}
+	}
+	stateDir, err := filepath.Abs(*state)
+	if err != nil {
+		return err
+	}
+	cfg := volume.RestoreConfig{StateDir: stateDir, Remote: *remoteStr}
+	var src secretSource
+	if *usePass {
+		cfg.Provider = meta.ProviderPassphrase
+		src = secretSource{what: "passphrase", envVar: "COFFER_PASSPHRASE", file: *passFile, flag: "--passphrase-file"}
+	} else {
+		cfg.Provider = meta.ProviderPKCS11
+		mod, err := filepath.Abs(*module)
+		if err != nil {
+			return usageError{"--hsm-module: " + err.Error()}
+		}
+		cfg.HSMModule, cfg.HSMToken = mod, *token
+		src = secretSource{what: fmt.Sprintf("PIN of HSM token %q", *token), envVar: "COFFER_HSM_PIN", file: *pinFile, flag: "--hsm-pin-file"}
+	}
+	secret, err := env.readSecret(src)
+	if err != nil {
+		return err
+	}
+	defer clear(secret)
+	cfg.Secret = secret
+	var pp *progressPrinter
+	if isTerminal(env.stderr) {
+		pp = &progressPrinter{w: env.stderr, what: "restore"}
+		start := time.Now()
+		cfg.Progress = func(done, total int64) {
+			pp.update(keyops.Progress{Done: done, Total: total, Elapsed: time.Since(start), Unit: "bytes"})
+		}
+	}
+	sum, err := volume.Restore(ctx, cfg)
+	if pp != nil {
+		pp.end()
+	}
+	if err != nil {
+		return err
+	}
+	w := env.stdout
+	fmt.Fprintf(w, "restored coffer volume %s\n", sum.Volume.IDString())
+	fmt.Fprintf(w, "  state:     %s\n", stateDir)
+	fmt.Fprintf(w, "  remote:    %s\n", sum.Volume.Remote)
+	fmt.Fprintf(w, "  restored to: the catalog as replicated at %s (position %d)\n", sum.Time.UTC().Format(time.RFC3339Nano), sum.Position)
+	fmt.Fprintf(w, "  read:      %d replica objects, %s\n", sum.Objects, fmt.Sprintf("%d bytes", sum.Bytes))
+	fmt.Fprintf(w, "  catalog:   %d inodes; owner epoch now %d (a host still holding the old catalog stops writing)\n", sum.Files, sum.Epoch)
+	if sum.DroppedTail != "" {
+		fmt.Fprintf(w, "  warning:   the newest replica object %s did not open and was left out (an upload cut short when the host died, or tampering)\n", sum.DroppedTail)
+	}
+	if len(sum.Unuploaded) > 0 {
+		fmt.Fprintf(w, "  %d files had data staged on the lost host that never reached the remote; they read EIO where it is missing:\n", len(sum.Unuploaded))
+		for _, p := range sum.Unuploaded {
+			fmt.Fprintf(w, "    %s\n", p)
+		}
+	}
+	return nil
+}
