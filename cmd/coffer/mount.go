@@ -47,6 +47,7 @@ func cmdMount(ctx context.Context, env *cliEnv, args []string) error {
 	fl.DurationVar(&mc.UnmountTimeout, "unmount-timeout", time.Minute, "how long unmount waits for uploads before it gives up (data stays staged)")
 	fl.DurationVar(&mc.SyncTimeout, "sync-timeout", time.Minute, "how long fsync waits for uploads before it fails with EIO (data stays staged)")
 	fl.DurationVar(&mc.ReadTimeout, "read-timeout", time.Minute, "how long a read waits for the remote before it fails with EIO")
+	fl.DurationVar(&mc.ReplicaInterval, "replica-interval", time.Second, "catalog changes reach the remote within this; fsync, rotate, shred and passwd wait for theirs anyway")
 	fl.StringVar(&mc.StagingDir, "staging-dir", "", "where staged ciphertext is kept (default STATE/staging): new, empty, or used by this volume before; it must survive reboots")
 	fl.BoolVar(&mc.child, "daemon-child", false, "internal: run as the background daemon")
 	pos, err := parseFlags(fl, args)
@@ -81,8 +82,8 @@ func cmdMount(ctx context.Context, env *cliEnv, args []string) error {
 	} else if mc.StagingDir, err = filepath.Abs(mc.StagingDir); err != nil {
 		return err
 	}
-	if mc.SyncTimeout <= 0 || mc.ReadTimeout <= 0 || mc.UnmountTimeout <= 0 {
-		return usageError{"--sync-timeout, --read-timeout and --unmount-timeout must be positive"}
+	if mc.SyncTimeout <= 0 || mc.ReadTimeout <= 0 || mc.UnmountTimeout <= 0 || mc.ReplicaInterval <= 0 {
+		return usageError{"--sync-timeout, --read-timeout, --unmount-timeout and --replica-interval must be positive"}
 	}
 
 	if mc.child {

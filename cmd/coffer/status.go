@@ -272,5 +272,15 @@ func printMountStatus(ctx context.Context, env *cliEnv, mountpoint string, asJSO
 			fmt.Fprintf(w, "%-11s %s = %v\n", "data:", k, d[k])
 		}
 	}
+	if rp, ok := st["replica"].(map[string]any); ok {
+		fmt.Fprintf(w, "%-11s epoch %v, position %v, %v bytes of catalog changes not on the remote yet", "replica:", rp["epoch"], rp["position"], rp["lag_bytes"])
+		if t, ok := rp["last_ship"]; ok {
+			fmt.Fprintf(w, ", last shipped %v", t)
+		}
+		fmt.Fprintln(w)
+		if e, ok := rp["last_error"]; ok {
+			fmt.Fprintf(w, "%-11s %v\n", "replica:", "last error: "+fmt.Sprint(e))
+		}
+	}
 	return nil
 }

@@ -78,6 +78,17 @@ type Status struct {
 	Locked     bool   `json:"locked"`
 	ReadOnly   bool   `json:"read_only"`
 	Data       any    `json:"data"` // the data path's counters (content.Stats)
+	// Replica is the catalog's replication; nil when it is off (read-only mounts).
+	Replica *ReplicaStatus `json:"replica,omitempty"`
+}
+
+// ReplicaStatus is the replication part of Status.
+type ReplicaStatus struct {
+	Epoch     uint32 `json:"epoch"`
+	Position  uint64 `json:"position"`
+	LagBytes  int64  `json:"lag_bytes"`           // WAL bytes of catalog changes not on the remote yet
+	LastShip  string `json:"last_ship,omitempty"` // RFC 3339, UTC
+	LastError string `json:"last_error,omitempty"`
 }
 
 // ShredReply is the result of a shred, as the CLI prints it (offline and live).

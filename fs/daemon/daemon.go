@@ -40,6 +40,7 @@ type Config struct {
 	SyncTimeout          time.Duration // fsync gives up with EIO after this
 	ReadTimeout          time.Duration // one remote read gives up with EIO after this
 	StagingDir           string        // staged ciphertext (default STATE/staging)
+	ReplicaInterval      time.Duration // catalog changes reach the remote within this (fsync waits for them anyway)
 }
 
 // Run opens the volume, mounts it, serves until unmounted, then uploads what is staged
@@ -71,7 +72,7 @@ func Run(parent context.Context, mc Config, secret []byte, ready func(error)) (e
 	}
 
 	objcache := volume.DiskCacheDir(mc.State)
-	opt := volume.OpenOptions{Logger: log}
+	opt := volume.OpenOptions{Logger: log, ReplicaInterval: mc.ReplicaInterval}
 	if mc.DiskCache > 0 {
 		opt.WrapStore = func(s remote.Store) (remote.Store, error) {
 			return remote.NewDiskCache(s, objcache, mc.DiskCache, log)
@@ -265,10 +266,18 @@ func status(v *volume.Volume, data *content.DataPath, mc Config) control.Status 
 	if k, err := v.Catalog().CurrentKEK(ctx, ""); err == nil {
 		kek = keys.KEKRef{Chain: k.Chain, Version: k.Version}.String()
 	}
-	return control.Status{
+	st := control.Status{
 		HSMToken: token,
 		PID:      os.Getpid(), Mountpoint: mc.Mountpoint, State: mc.State, Volume: hex.EncodeToString(v.ID[:]),
 		Remote: v.Remote, Provider: v.Kind, KeyMode: string(v.KeyMode), KEK: kek,
 		ReadOnly: mc.ReadOnly, Locked: v.Locked(), Data: data.Stats(),
 	}
+	if r := v.Replica(); r != nil {
+		rs := r.Status()
+		st.Replica = &control.ReplicaStatus{Epoch: rs.Epoch, Position: rs.Position, LagBytes: rs.LagBytes, LastError: rs.LastError}
+		if !rs.LastShip.IsZero() {
+			st.Replica.LastShip = rs.LastShip.UTC().Format(time.RFC3339Nano)
+		}
+	}
+	return st
 }

@@ -232,7 +232,6 @@ func pathOf(ctx context.Context, cat *meta.Catalog, ino uint64) string {
 	return "/" + path.Join(parts...)
 }
 
-
 // firstSnapshot opens the closed catalog in v.StateDir, writes the first snapshot of its
 // replica (under the marker's epoch) and closes it again, recording the clean state.
 // v carries the provider, store, id and current KEK; its catalog is set here.
