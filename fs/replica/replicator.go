@@ -61,7 +61,10 @@ type Config struct {
 	StateFile string
 	Interval  time.Duration // DefaultInterval if 0
 	MaxLag    int64         // DefaultMaxLag if 0
-	Logger    *slog.Logger
+	// OwnerCheckEvery is how often CheckOwner runs besides before every snapshot
+	// (ownerCheckEvery if 0).
+	OwnerCheckEvery time.Duration
+	Logger          *slog.Logger
 }
 
 // ErrNotOwner means another host restored the volume and now owns it: this
@@ -129,6 +132,9 @@ func Start(ctx context.Context, cfg Config) (*Replicator, error) {
 	}
 	if cfg.MaxLag <= 0 {
 		cfg.MaxLag = DefaultMaxLag
+	}
+	if cfg.OwnerCheckEvery <= 0 {
+		cfg.OwnerCheckEvery = ownerCheckEvery
 	}
 	if cfg.Epoch == 0 {
 		return nil, errors.New("replica: start: epoch 0")
@@ -360,7 +366,7 @@ func (r *Replicator) roundOnce(ctx context.Context) error {
 	if e := r.fenced.Load(); e != nil {
 		return *e
 	}
-	if r.cfg.CheckOwner != nil && time.Since(r.lastOwner) >= ownerCheckEvery {
+	if r.cfg.CheckOwner != nil && time.Since(r.lastOwner) >= r.cfg.OwnerCheckEvery {
 		if err := r.checkOwner(ctx); err != nil {
 			return err
 		}
