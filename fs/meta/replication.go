@@ -2,6 +2,7 @@ package meta
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"os"
 	"syscall"
@@ -20,11 +21,11 @@ type Replication interface {
 	// Flush returns once every transaction committed before the call is
 	// replicated. Sync calls it after making the WAL durable.
 	Flush(ctx context.Context) error
-	// ShipAll ships every committed frame now. Checkpoint calls it with the
-	// writer held, so nothing commits between it and the checkpoint.
-	ShipAll(ctx context.Context) error
-	// Checkpointed says the WAL was checkpointed and truncated after ShipAll.
-	Checkpointed()
+	// ShipAndCheckpoint ships every committed frame, then runs checkpoint
+	// (which reports whether the WAL was folded into the main file and
+	// truncated), with no shipping in between. The catalog calls it with the
+	// writer held, so nothing commits meanwhile either.
+	ShipAndCheckpoint(ctx context.Context, checkpoint func() (bool, error)) (bool, error)
 }
 
 type replicationHolder struct{ r Replication }
@@ -78,23 +79,29 @@ func (c *Catalog) Checkpoint(ctx context.Context) (done bool, err error) {
 		return false, wrapSQL("checkpoint", err)
 	}
 	defer conn.Close()
-	r := c.replication()
-	if r != nil {
-		if err := r.ShipAll(ctx); err != nil {
-			return false, fmt.Errorf("meta: checkpoint: replicate the catalog first: %w", err)
+	return c.shipAndTruncate(ctx, conn, "checkpoint")
+}
+
+// shipAndTruncate runs wal_checkpoint(TRUNCATE) on the writer conn, through
+// the replicator if there is one. done is false if readers kept it from
+// completing.
+func (c *Catalog) shipAndTruncate(ctx context.Context, conn *sql.Conn, what string) (done bool, err error) {
+	checkpoint := func() (bool, error) {
+		var busy, frames, moved int
+		if err := conn.QueryRowContext(ctx, "PRAGMA wal_checkpoint(TRUNCATE)").Scan(&busy, &frames, &moved); err != nil {
+			return false, wrapSQL(what, err)
 		}
+		return busy == 0, nil
 	}
-	var busy, frames, moved int
-	if err := conn.QueryRowContext(ctx, "PRAGMA wal_checkpoint(TRUNCATE)").Scan(&busy, &frames, &moved); err != nil {
-		return false, wrapSQL("checkpoint", err)
+	r := c.replication()
+	if r == nil {
+		return checkpoint()
 	}
-	if busy != 0 {
-		return false, nil
+	done, err = r.ShipAndCheckpoint(ctx, checkpoint)
+	if err != nil {
+		return false, fmt.Errorf("meta: %s: %w", what, err)
 	}
-	if r != nil {
-		r.Checkpointed()
-	}
-	return true, nil
+	return done, nil
 }
 
 // ReadMainFile runs read on the catalog's main file while it holds every
@@ -123,21 +130,12 @@ func (c *Catalog) ReadMainFile(ctx context.Context, read func(f *os.File) error)
 		}
 	}
 	defer release()
-	r := c.replication()
-	if r != nil {
-		if err := r.ShipAll(ctx); err != nil {
-			return fmt.Errorf("meta: read catalog file: replicate the catalog first: %w", err)
-		}
+	done, err := c.shipAndTruncate(ctx, wconn, "read catalog file: checkpoint")
+	if err != nil {
+		return err
 	}
-	var busy, frames, moved int
-	if err := wconn.QueryRowContext(ctx, "PRAGMA wal_checkpoint(TRUNCATE)").Scan(&busy, &frames, &moved); err != nil {
-		return wrapSQL("read catalog file: checkpoint", err)
-	}
-	if busy != 0 {
+	if !done {
 		return errf(syscall.EBUSY, "read catalog file: readers on older snapshots kept the checkpoint from completing")
-	}
-	if r != nil {
-		r.Checkpointed()
 	}
 	if _, err := rconn.ExecContext(ctx, "BEGIN"); err != nil {
 		return wrapSQL("read catalog file: begin", err)

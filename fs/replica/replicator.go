@@ -89,7 +89,9 @@ type Replicator struct {
 	keyVersion uint32
 	bootSum    [32]byte
 	lastOwner  time.Time
-	cleanOK    bool // Close left the catalog file holding exactly state cleanP
+	snapP      uint64  // the state the main file held at the last completed checkpoint
+	snapState  StateID // (what a snapshot streamed from it captures)
+	cleanOK    bool    // Close left the catalog file holding exactly state cleanP
 	cleanP     uint64
 	cleanState StateID
 
@@ -270,18 +272,22 @@ func (r *Replicator) poke() {
 	}
 }
 
-// ShipAll implements meta.Replication (the catalog's writer is held).
-func (r *Replicator) ShipAll(ctx context.Context) error {
+// ShipAndCheckpoint implements meta.Replication (the catalog's writer is
+// held). After a completed checkpoint the main file holds exactly state
+// r.p, which a snapshot streamed from it records (snapP, snapState).
+func (r *Replicator) ShipAndCheckpoint(ctx context.Context, checkpoint func() (bool, error)) (bool, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.shipLocked(ctx)
-}
-
-// Checkpointed implements meta.Replication.
-func (r *Replicator) Checkpointed() {
-	r.mu.Lock()
+	if err := r.shipLocked(ctx); err != nil {
+		return false, err
+	}
+	done, err := checkpoint()
+	if err != nil || !done {
+		return false, err
+	}
 	r.pos = Position{}
-	r.mu.Unlock()
+	r.snapP, r.snapState = r.p, r.state
+	return true, nil
 }
 
 // WipeKey forgets the replica key (coffer lock). Shipping needs the key
@@ -524,7 +530,9 @@ func (r *Replicator) takeSnapshot(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		p, state := r.p, r.state
+		// Not r.p: a checkpoint attempt between ours and the read (a purge after a
+		// shred) may have shipped later commits, which the main file does not hold.
+		p, state := r.snapP, r.snapState
 		if r.chainStart {
 			p, state = r.p+1, StateID{}
 		}

@@ -2,6 +2,7 @@ package replica
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -166,7 +167,7 @@ func Restore(ctx context.Context, cfg RestoreConfig) (res RestoreResult, err err
 		}
 		key, err := keyFor(stored.KEKVersion)
 		if err != nil {
-			return nil, h, fmt.Errorf("replica: %s: %w", name, err)
+			return nil, h, &keyError{fmt.Errorf("replica: %s: %w", name, err)}
 		}
 		return fetchOpen(ctx, cfg.Store, key, cfg.Volume, h, stored.KEKVersion)
 	}
@@ -202,18 +203,32 @@ func Restore(ctx context.Context, cfg RestoreConfig) (res RestoreResult, err err
 	var state StateID
 	var pageSize int
 	found := false
+	end := l.maxP // the newest position to restore
 	for _, p := range snapPs {
+		name := Name(format.ReplicaHeader{Kind: format.ReplicaSnapshot, Epoch: cfg.Epoch, Position: p})
 		ok, st, ps, t, err := applySnapshot(f, l, p, cfg.Epoch, open, progress)
 		if err != nil {
 			return res, err
 		}
 		if !ok {
-			if p == l.maxP && l.deltas[p] == 0 {
-				log.Warn("replica: the newest snapshot is incomplete (cut short); using an older one", "position", p)
-				res.DroppedTail = Name(format.ReplicaHeader{Kind: format.ReplicaSnapshot, Epoch: cfg.Epoch, Position: p})
-				continue
+			// Parts missing or from two attempts: a snapshot cut short by a crash. At the
+			// newest position without a delta (a new chain's first object), restore the state
+			// before it; where a delta of the same position carries the chain on, an older
+			// snapshot and the deltas give the same state. Anywhere else parts were deleted.
+			_, hasDelta := l.deltas[p]
+			switch {
+			case p == l.maxP && !hasDelta:
+				log.Warn("replica: the newest snapshot is incomplete (cut short); restoring the state before it", "snapshot", name)
+				res.DroppedTail, end = name, p-1
+			case hasDelta:
+				log.Warn("replica: a snapshot is incomplete (cut short); using an older one and the deltas after it", "snapshot", name)
+			default:
+				return res, fmt.Errorf("replica: the snapshot %s is missing parts or has parts of another snapshot (deleted or replaced)", name)
 			}
-			return res, fmt.Errorf("replica: the snapshot of position %d in %s is missing parts (a part was deleted)", p, EpochPrefix(cfg.Epoch))
+			continue
+		}
+		if p > end {
+			continue
 		}
 		base, state, pageSize, found = p, st, ps, true
 		res.Position, res.Time = p, t
@@ -222,7 +237,7 @@ func Restore(ctx context.Context, cfg RestoreConfig) (res RestoreResult, err err
 	if !found {
 		return res, fmt.Errorf("replica: %s holds no complete snapshot to restore from", EpochPrefix(cfg.Epoch))
 	}
-	for p := base + 1; p <= l.maxP; p++ {
+	for p := base + 1; p <= end; p++ {
 		h := format.ReplicaHeader{Kind: format.ReplicaDelta, Epoch: cfg.Epoch, Position: p}
 		name := Name(h)
 		if _, ok := l.deltas[p]; !ok {
@@ -231,11 +246,12 @@ func Restore(ctx context.Context, cfg RestoreConfig) (res RestoreResult, err err
 				// newest complete snapshot was chosen above, so this one is incomplete.
 				return res, fmt.Errorf("replica: position %d has only an incomplete snapshot, and the chain from position %d cannot continue past it", p, base)
 			}
-			return res, fmt.Errorf("replica: %s is missing: the replica has a hole at position %d (between %d and %d)", name, p, base, l.maxP)
+			return res, fmt.Errorf("replica: %s is missing: the replica has a hole at position %d (between %d and %d)", name, p, base, end)
 		}
 		plain, stored, err := open(h)
 		if err != nil {
-			if p == l.maxP {
+			var ke *keyError
+			if p == l.maxP && !errors.As(err, &ke) {
 				log.Warn("replica: the newest object does not open; restoring to the position before it", "object", name, "err", err)
 				res.DroppedTail = name
 				break
@@ -308,7 +324,7 @@ func applySnapshot(f *os.File, l *listing, p uint64, epoch uint32,
 				return false, state, 0, t, err
 			}
 		} else if sp.Parts != n || sp.DBPages != dbPages || sp.PageSize != pageSize || sp.State != p0.State || sp.TimeNS != p0.TimeNS {
-			return false, state, 0, t, fmt.Errorf("replica: %s does not belong with part 0 of its snapshot (another snapshot's part)", Name(h))
+			return false, state, 0, t, nil // a part of another attempt at this snapshot
 		}
 		if stored.Last != (k == n-1) {
 			return false, state, 0, t, fmt.Errorf("replica: %s: last-part flag %v, but the snapshot has %d parts", Name(h), stored.Last, n)
@@ -324,3 +340,9 @@ func applySnapshot(f *os.File, l *listing, p uint64, epoch uint32,
 	}
 	return true, state, pageSize, t, nil
 }
+
+// keyError is a failure to get a replica key (not a fault of the object).
+type keyError struct{ err error }
+
+func (e *keyError) Error() string { return e.err.Error() }
+func (e *keyError) Unwrap() error { return e.err }
