@@ -62,7 +62,7 @@ func main() {
 
 // secretCommands may read a PIN or passphrase and then hold keys.
 var secretCommands = map[string]bool{"init": true, "mount": true, "unlock": true, "rotate": true,
-	"shred": true, "passwd": true, "audit": true}
+	"shred": true, "passwd": true, "audit": true, "restore": true}
 
 // reexecHardened re-runs this process, same pid, arguments and descriptors, with the
 // environment settings that make freed memory get overwritten (secmem.HardenedEnv: the Go

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"sync"
+	"syscall"
 	"time"
 
 	"coffer/fs/meta"
@@ -95,7 +96,7 @@ func DrainDeletes(ctx context.Context, cat *meta.Catalog, rs remote.Store, log *
 }
 
 // DeleteQueued deletes the queued objects ds from the remote, workers at a
-// time, and takes those that are gone off the queue in one transaction (a
+// time, once the catalog's replica holds the commits that queued them, and takes those that are gone off the queue in one transaction (a
 // crash before it only repeats deletes, which find nothing and succeed). It
 // returns how many were deleted and how many stay queued.
 //
@@ -109,6 +110,14 @@ func DrainDeletes(ctx context.Context, cat *meta.Catalog, rs remote.Store, log *
 func DeleteQueued(ctx context.Context, cat *meta.Catalog, rs remote.Store, log *slog.Logger, workers int, ds []meta.PendingDelete) (deleted, failed int) {
 	if log == nil {
 		log = slog.Default()
+	}
+	// An object goes only once the commit that dropped it is on the remote too: a
+	// catalog restored from the replica must never name a deleted object.
+	if err := cat.Sync(ctx); err != nil {
+		if ctx.Err() == nil && !errors.Is(err, syscall.EKEYREVOKED) {
+			log.Warn("content: deletes wait until the catalog change that queued them is replicated", "err", err)
+		}
+		return 0, len(ds)
 	}
 	var wg sync.WaitGroup
 	var mu sync.Mutex

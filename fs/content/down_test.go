@@ -97,12 +97,14 @@ func TestRemoteDown(t *testing.T) {
 	mustEqual(t, e.read(fa, 0, int(2*C)), dataA, "file a once the remote is back")
 
 	// Unmount with the remote down: what is staged stays, and says so.
-	p := pattern(3, 0, 5000)
+	// Down before the write, so its upload cannot slip through first (a whole block:
+	// nothing to read from the remote).
+	e.fault.SetDown(true)
+	p := pattern(3, 0, int(format.DefaultLayout.BlockSize))
 	e.write(fb, 0, p)
 	copy(want, p)
 	e.release(fb)
 	e.release(fa)
-	e.fault.SetDown(true)
 	ctx2, cancel2 := context.WithTimeout(e.ctx, 300*time.Millisecond)
 	defer cancel2()
 	left, err := e.s.Close(ctx2)

@@ -105,31 +105,34 @@ func Run(parent context.Context, mc Config, secret []byte, ready func(error)) (e
 			log.Error("seal audit log", "err", err)
 		}
 	}
-	closeVolume := func() {
+	// closeVolume ships the catalog's last changes within cctx, wipes every key and closes.
+	closeVolume := func(cctx context.Context) error {
 		audit("keys.wipe", "reason", "unmount")
 		seal()
-		if cerr := v.Close(ctx); cerr != nil {
+		cerr := v.Close(cctx)
+		if cerr != nil {
 			log.Error("close volume", "err", cerr)
 		}
 		log.Info("keys wiped", "volume", hex.EncodeToString(v.ID[:]))
+		return cerr
 	}
 	data, err := content.New(v, content.Options{
 		StagingDir: mc.StagingDir, CacheBytes: mc.CacheBytes, StagingCap: mc.StagingCap,
 		SyncTimeout: mc.SyncTimeout, ReadTimeout: mc.ReadTimeout, Logger: log,
 	})
 	if err != nil {
-		closeVolume()
+		closeVolume(ctx)
 		return err
 	}
 	if err := data.Recover(ctx); err != nil {
 		data.Close(ctx)
-		closeVolume()
+		closeVolume(ctx)
 		return fmt.Errorf("recover staged data: %w", err)
 	}
 	ctl, err := listen(mc.Mountpoint, log)
 	if err != nil {
 		data.Close(ctx)
-		closeVolume()
+		closeVolume(ctx)
 		return err
 	}
 	defer ctl.close()
@@ -140,7 +143,7 @@ func Run(parent context.Context, mc Config, secret []byte, ready func(error)) (e
 		Scrub: func() { scrubbed = scrub() }})
 	if err := fsys.Mount(mc.Mountpoint); err != nil {
 		data.Close(ctx)
-		closeVolume()
+		closeVolume(ctx)
 		return fmt.Errorf("mount %s: %w", mc.Mountpoint, err)
 	}
 
@@ -202,10 +205,11 @@ func Run(parent context.Context, mc Config, secret []byte, ready func(error)) (e
 	live.stop() // a key operation in progress ends before the volume closes
 	log.Info("unmounted; uploading what is staged", "mountpoint", mc.Mountpoint)
 
+	// One budget for the uploads and the catalog's last replication.
 	cctx, cancel := context.WithTimeout(ctx, mc.UnmountTimeout)
 	left, cerr := data.Close(cctx)
+	verr := closeVolume(cctx)
 	cancel()
-	closeVolume()
 	log.Info("freed memory overwritten", "took", scrub())
 	holdBeforeExit(log)
 	switch {
@@ -213,6 +217,8 @@ func Run(parent context.Context, mc Config, secret []byte, ready func(error)) (e
 		result = fmt.Errorf("unmounted, but %d bytes are still staged (remote unreachable?): they upload at the next mount", left)
 	case cerr != nil:
 		result = fmt.Errorf("unmounted, but finishing uploads failed: %w", cerr)
+	case verr != nil:
+		result = fmt.Errorf("unmounted, but the catalog's last changes are not on the remote yet (the next mount ships them): %w", verr)
 	}
 	close(done)
 	if result != nil {

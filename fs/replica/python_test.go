@@ -820,6 +820,14 @@ func TestPythonRestoreParts(t *testing.T) {
 		cutShort(t, d, 5, id5)
 		checkBoth(t, d, vol, epoch, ks, expect{position: 6, db: want}, goBroken)
 	})
+	t.Run("a torn newest delta, then a new chain's snapshot cut short", func(t *testing.T) {
+		d := copyDir(t, dir)
+		if err := os.Truncate(filepath.Join(d, deltaName(epoch, 6)), 0); err != nil {
+			t.Fatal(err)
+		}
+		cutShort(t, d, 7, StateID{})
+		checkBoth(t, d, vol, epoch, ks, expect{position: 5, dropped: deltaName(epoch, 6)}, goBroken)
+	})
 	t.Run("a new chain's snapshot cut short, with objects after it", func(t *testing.T) {
 		d := copyDir(t, dir)
 		cutShort(t, d, 7, StateID{})

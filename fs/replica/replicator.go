@@ -85,8 +85,10 @@ type Replicator struct {
 	state      StateID
 	chainStart bool // the next object must be a snapshot starting a new chain
 	snapshot   bool // take a snapshot of the current state when convenient
+	keyMu      sync.Mutex // key and keyVersion; never held across remote I/O, so a lock is immediate
 	key        *keys.DEK
 	keyVersion uint32
+	shownP     atomic.Uint64 // p, for Status (which must not wait behind a hung Put)
 	bootSum    [32]byte
 	lastOwner  time.Time
 	snapP      uint64  // the state the main file held at the last completed checkpoint
@@ -105,7 +107,8 @@ type Replicator struct {
 	waiters []waiter
 
 	kick    chan struct{}
-	stop    chan struct{}
+	stop    context.CancelFunc // ends the loop, and aborts a round in flight (a hung Put)
+	loopCtx context.Context
 	done    chan struct{}
 	closing atomic.Bool
 }
@@ -142,7 +145,8 @@ func Start(ctx context.Context, cfg Config) (*Replicator, error) {
 		return nil, errors.New("replica: start: epoch 0")
 	}
 	r := &Replicator{cfg: cfg, log: cfg.Logger, walPath: cfg.Catalog.Path() + "-wal",
-		kick: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
+		kick: make(chan struct{}, 1), done: make(chan struct{})}
+	r.loopCtx, r.stop = context.WithCancel(context.WithoutCancel(ctx))
 	if r.log == nil {
 		r.log = slog.Default()
 	}
@@ -150,6 +154,7 @@ func Start(ctx context.Context, cfg Config) (*Replicator, error) {
 		return nil, err
 	}
 	r.lastOwner = time.Now()
+	r.shownP.Store(r.p)
 	cfg.Catalog.SetReplication(r)
 	go r.loop()
 	return r, nil
@@ -158,7 +163,7 @@ func Start(ctx context.Context, cfg Config) (*Replicator, error) {
 // resume sets the shipping state from the remote (the authority) and the
 // local WAL.
 func (r *Replicator) resume(ctx context.Context) error {
-	tail, err := listTail(ctx, r.cfg.Store, r.cfg.Epoch)
+	tail, tailSize, err := listTail(ctx, r.cfg.Store, r.cfg.Epoch)
 	if err != nil {
 		return err
 	}
@@ -175,11 +180,15 @@ func (r *Replicator) resume(ctx context.Context) error {
 		return nil
 	}
 	r.p = tail.Position
-	head, err := r.cfg.Store.GetRange(ctx, Name(*tail), 0, format.ReplicaHeaderSize)
-	if err != nil {
-		return fmt.Errorf("replica: read the newest replica object %s: %w", Name(*tail), err)
+	var stored format.ReplicaHeader
+	herr := fmt.Errorf("%s is %d bytes, cut short", Name(*tail), tailSize) // a crash during its upload
+	if tailSize >= format.ReplicaHeaderSize {
+		head, err := r.cfg.Store.GetRange(ctx, Name(*tail), 0, format.ReplicaHeaderSize)
+		if err != nil {
+			return fmt.Errorf("replica: read the newest replica object %s: %w", Name(*tail), err)
+		}
+		stored, herr = format.ParseReplicaHeader(head)
 	}
-	stored, herr := format.ParseReplicaHeader(head)
 	// 1. The WAL still holds the newest delta's end: continue from there.
 	if herr == nil && tail.Kind == format.ReplicaDelta {
 		if d, err := r.openDelta(ctx, *tail, stored.KEKVersion); err == nil && r.walContinues(d.WAL) {
@@ -293,9 +302,9 @@ func (r *Replicator) ShipAndCheckpoint(ctx context.Context, checkpoint func() (b
 // WipeKey forgets the replica key (coffer lock). Shipping needs the key
 // again: until Key works, changes wait and Flush fails with EKEYREVOKED.
 func (r *Replicator) WipeKey() {
-	r.mu.Lock()
+	r.keyMu.Lock()
 	r.wipeKeyLocked()
-	r.mu.Unlock()
+	r.keyMu.Unlock()
 }
 
 func (r *Replicator) wipeKeyLocked() {
@@ -308,9 +317,7 @@ func (r *Replicator) wipeKeyLocked() {
 
 // Status reports replication's state.
 func (r *Replicator) Status() Status {
-	r.mu.Lock()
-	s := Status{Epoch: r.cfg.Epoch, Position: r.p}
-	r.mu.Unlock()
+	s := Status{Epoch: r.cfg.Epoch, Position: r.shownP.Load()}
 	s.LagBytes = r.lag.Load()
 	if t := r.lastShip.Load(); t != 0 {
 		s.LastShip = time.Unix(0, t)
@@ -330,12 +337,12 @@ func (r *Replicator) loop() {
 	defer t.Stop()
 	for {
 		select {
-		case <-r.stop:
+		case <-r.loopCtx.Done():
 			return
 		case <-t.C:
 		case <-r.kick:
 		}
-		r.round(context.Background())
+		r.round(r.loopCtx)
 	}
 }
 
@@ -439,13 +446,16 @@ func (r *Replicator) putBootstrap(ctx context.Context) error {
 	return nil
 }
 
-// currentKey returns the key to seal new objects with, after a rotation
-// asking for a snapshot under the new version (so that retiring the old one
-// keeps the newest state restorable).
+// currentKeyLocked returns a copy of the key to seal new objects with (the
+// caller wipes it) and its version. After a rotation it asks for a snapshot
+// under the new version, so that retiring the old one keeps the newest state
+// restorable. r.mu is held (for r.snapshot and r.chainStart).
 func (r *Replicator) currentKeyLocked(ctx context.Context) (*keys.DEK, uint32, error) {
 	v := r.cfg.Current()
+	r.keyMu.Lock()
+	defer r.keyMu.Unlock()
 	if r.key != nil && r.keyVersion == v {
-		return r.key, v, nil
+		return r.key.Clone(), v, nil
 	}
 	k, err := r.cfg.Key(ctx, v)
 	if err != nil {
@@ -454,12 +464,12 @@ func (r *Replicator) currentKeyLocked(ctx context.Context) (*keys.DEK, uint32, e
 		}
 		return nil, 0, fmt.Errorf("replica: replica key of KEK version %d: %w", v, err)
 	}
-	if r.key != nil && !r.chainStart {
+	if r.keyVersion != 0 && r.keyVersion != v && !r.chainStart {
 		r.snapshot = true
 	}
 	r.wipeKeyLocked()
 	r.key, r.keyVersion = k, v
-	return k, v, nil
+	return k.Clone(), v, nil
 }
 
 // shipLocked ships the committed WAL frames after r.pos as delta r.p+1.
@@ -503,6 +513,7 @@ func (r *Replicator) shipLocked(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	defer key.Wipe()
 	// The remote must never hold a commit the local disk could lose.
 	if err := f.Sync(); err != nil {
 		return fmt.Errorf("replica: sync WAL: %w", err)
@@ -511,10 +522,11 @@ func (r *Replicator) shipLocked(ctx context.Context) error {
 		Prev: r.state, WAL: next, Pages: PagesFromFrames(frames)}
 	h := format.ReplicaHeader{Kind: format.ReplicaDelta, KEKVersion: version, Volume: r.cfg.Volume,
 		Epoch: r.cfg.Epoch, Position: r.p + 1}
-	if err := sealPut(ctx, r.cfg.Store, key.Bytes(), &h, d.Marshal()); err != nil {
+	if err := sealPut(ctx, r.cfg.Store, key, &h, d.Marshal()); err != nil {
 		return err
 	}
 	r.p, r.state, r.pos = h.Position, h.Object, next
+	r.shownP.Store(r.p)
 	r.lag.Store(max(0, size-next.Offset))
 	r.lastShip.Store(time.Now().UnixNano())
 	return nil
@@ -530,19 +542,21 @@ func (r *Replicator) takeSnapshot(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		defer key.Wipe()
 		// Not r.p: a checkpoint attempt between ours and the read (a purge after a
 		// shred) may have shipped later commits, which the main file does not hold.
 		p, state := r.snapP, r.snapState
 		if r.chainStart {
 			p, state = r.p+1, StateID{}
 		}
-		first, err := writeSnapshot(ctx, r.cfg.Store, f, key.Bytes(), format.ReplicaHeader{
+		first, err := writeSnapshot(ctx, r.cfg.Store, f, key, format.ReplicaHeader{
 			Kind: format.ReplicaSnapshot, KEKVersion: version, Volume: r.cfg.Volume, Epoch: r.cfg.Epoch, Position: p}, state)
 		if err != nil {
 			return err
 		}
 		if r.chainStart {
 			r.p, r.state, r.chainStart = p, first, false
+			r.shownP.Store(p)
 		}
 		r.snapshot = false
 		r.lastShip.Store(time.Now().UnixNano())
@@ -553,7 +567,7 @@ func (r *Replicator) takeSnapshot(ctx context.Context) error {
 
 // writeSnapshot seals and puts the database file f as the parts of the
 // snapshot h (Part and Last set here) and returns part 0's object id.
-func writeSnapshot(ctx context.Context, store remote.Store, f *os.File, key []byte, h format.ReplicaHeader, state StateID) (StateID, error) {
+func writeSnapshot(ctx context.Context, store remote.Store, f *os.File, key *keys.DEK, h format.ReplicaHeader, state StateID) (StateID, error) {
 	var hdr [100]byte
 	if _, err := io.ReadFull(io.NewSectionReader(f, 0, 100), hdr[:]); err != nil {
 		return StateID{}, fmt.Errorf("replica: snapshot: read the catalog header: %w", err)
@@ -590,7 +604,7 @@ func writeSnapshot(ctx context.Context, store remote.Store, f *os.File, key []by
 		sp := SnapshotPart{PageSize: ps, DBPages: dbPages, TimeNS: now, Parts: uint16(parts), FirstPgno: firstPg,
 			State: state, Pages: pages}
 		h.Part, h.Last = uint16(k), k == parts-1
-		if err := sealPut(ctx, store, key, &h, sp.Marshal()); err != nil {
+		if err := sealPut(ctx, store, key.Clone(), &h, sp.Marshal()); err != nil {
 			return StateID{}, err
 		}
 		clear(pages)
@@ -604,14 +618,17 @@ func writeSnapshot(ctx context.Context, store remote.Store, f *os.File, key []by
 	return state, nil
 }
 
-// sealPut seals plain under a fresh object id (set in h) and puts it.
-func sealPut(ctx context.Context, store remote.Store, key []byte, h *format.ReplicaHeader, plain []byte) error {
+// sealPut seals plain under a fresh object id (set in h), wipes key (before
+// the Put, which may take long) and puts the object.
+func sealPut(ctx context.Context, store remote.Store, key *keys.DEK, h *format.ReplicaHeader, plain []byte) error {
+	defer key.Wipe()
 	id, err := format.NewID()
 	if err != nil {
 		return err
 	}
 	h.Object = id
-	obj, err := format.SealReplica(key, *h, plain)
+	obj, err := format.SealReplica(key.Bytes(), *h, plain)
+	key.Wipe()
 	clear(plain)
 	if err != nil {
 		return err
@@ -629,7 +646,7 @@ func (r *Replicator) Close(ctx context.Context) error {
 	if r.closing.Swap(true) {
 		return nil
 	}
-	close(r.stop)
+	r.stop()
 	<-r.done
 	defer func() {
 		r.cfg.Catalog.SetReplication(nil)
@@ -684,7 +701,7 @@ func (r *Replicator) MarkClean() error {
 // be destroyed, nothing could seal the rest, and no replica may outlive the volume).
 func (r *Replicator) Discard(ctx context.Context) error {
 	if !r.closing.Swap(true) {
-		close(r.stop)
+		r.stop()
 		<-r.done
 	}
 	r.cfg.Catalog.SetReplication(nil)

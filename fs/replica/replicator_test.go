@@ -147,7 +147,7 @@ func TestResumeAfterCrash(t *testing.T) {
 	before := f.names()
 	posBefore := r.Status().Position
 	// The first process is gone: stop it without its final shipping.
-	close(r.stop)
+	r.stop()
 	<-r.done
 	f.cat.SetReplication(nil)
 
@@ -399,5 +399,43 @@ func TestDiscard(t *testing.T) {
 	}
 	if got := f.names(); len(got) != 0 {
 		t.Fatalf("shipping went on after Discard: %v", got)
+	}
+}
+
+// A crash during the upload of the newest delta leaves it torn (local and
+// SFTP puts are not atomic): the next start must not fail on it, and starts a
+// new chain with a snapshot; restore gives the live catalog.
+func TestResumeAfterTornTail(t *testing.T) {
+	f := newRT(t)
+	r := f.start(f.config(f.cat, f.store))
+	if err := f.cat.Sync(f.ctx); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if err := f.mkdirs(f.cat, 4); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.cat.Sync(f.ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p := r.Status().Position
+	r.stop() // the crash
+	<-r.done
+	f.cat.SetReplication(nil)
+	if err := os.Truncate(filepath.Join(f.remDir, deltaName(1, p)), 0); err != nil {
+		t.Fatal(err)
+	}
+	r2 := f.start(f.config(f.cat, f.store))
+	defer r2.Close(f.ctx)
+	if err := f.cat.Sync(f.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.store.Stat(f.ctx, partName(1, p+1, 0)); err != nil {
+		t.Fatalf("no new chain's snapshot at position %d after a torn tail: %v (have %v)", p+1, err, f.names())
+	}
+	res, got := f.restore()
+	if got != dumpDB(t, f.cat.Path()) || res.Position != p+1 {
+		t.Fatalf("restore after a torn tail: %+v, or content differs from the live catalog", res)
 	}
 }

@@ -47,20 +47,23 @@ func list(ctx context.Context, store remote.Store, epoch uint32) (*listing, erro
 }
 
 // listTail returns the newest object of the epoch (its delta if the newest
-// position has one, else part 0 of its snapshot), or nil if there is none.
-func listTail(ctx context.Context, store remote.Store, epoch uint32) (*format.ReplicaHeader, error) {
+// position has one, else part 0 of its snapshot) and its size, or nil if
+// there is none.
+func listTail(ctx context.Context, store remote.Store, epoch uint32) (*format.ReplicaHeader, int64, error) {
 	l, err := list(ctx, store, epoch)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	if len(l.deltas) == 0 && len(l.snaps) == 0 {
-		return nil, nil
+		return nil, 0, nil
 	}
 	h := format.ReplicaHeader{Epoch: epoch, Position: l.maxP, Kind: format.ReplicaDelta}
-	if _, ok := l.deltas[l.maxP]; !ok {
+	size, ok := l.deltas[l.maxP]
+	if !ok {
 		h.Kind = format.ReplicaSnapshot
+		size = l.snaps[l.maxP][0] // 0 if part 0 is missing: as good as torn
 	}
-	return &h, nil
+	return &h, size, nil
 }
 
 // fetchOpen gets and opens the object h names, sealed under key of version.
@@ -235,6 +238,16 @@ func Restore(ctx context.Context, cfg RestoreConfig) (res RestoreResult, err err
 		break
 	}
 	if !found {
+		if len(l.deltas) > 0 {
+			first := l.maxP
+			for p := range l.deltas {
+				first = min(first, p)
+			}
+			if first > 1 {
+				return res, fmt.Errorf("replica: %s is missing: the deltas from position %d on build on it, and no complete snapshot is left",
+					Name(format.ReplicaHeader{Kind: format.ReplicaSnapshot, Epoch: cfg.Epoch, Position: first - 1}), first)
+			}
+		}
 		return res, fmt.Errorf("replica: %s holds no complete snapshot to restore from", EpochPrefix(cfg.Epoch))
 	}
 	for p := base + 1; p <= end; p++ {
@@ -251,7 +264,7 @@ func Restore(ctx context.Context, cfg RestoreConfig) (res RestoreResult, err err
 		plain, stored, err := open(h)
 		if err != nil {
 			var ke *keyError
-			if p == l.maxP && !errors.As(err, &ke) {
+			if p == end && !errors.As(err, &ke) {
 				log.Warn("replica: the newest object does not open; restoring to the position before it", "object", name, "err", err)
 				res.DroppedTail = name
 				break

@@ -234,13 +234,25 @@ func hexID(s string) ([16]byte, error) {
 // versions are loaded as the replica names them) or the passphrase with the parameters and
 // sealed KEK material from replica.KeysObject.
 func restoreProvider(ctx context.Context, cfg RestoreConfig, store remote.Store, id [16]byte) (keys.Provider, error) {
+	_, kerr := store.Stat(ctx, replica.KeysObject)
+	if kerr != nil && !errors.Is(kerr, remote.ErrNotFound) {
+		return nil, fmt.Errorf("check %s on %s: %w", replica.KeysObject, store, kerr)
+	}
+	passVolume := kerr == nil // only a passphrase volume puts its key parameters there
 	switch cfg.Provider {
 	case meta.ProviderPKCS11:
+		if passVolume {
+			return nil, fmt.Errorf("the volume on %s is a passphrase volume (it holds %s): restore it with --passphrase", store, replica.KeysObject)
+		}
 		if cfg.HSMModule == "" || cfg.HSMToken == "" {
 			return nil, errors.New("an HSM volume needs --hsm-module and --hsm-token")
 		}
 		return hsm.New(hsm.Config{Module: cfg.HSMModule, Token: cfg.HSMToken, PIN: cfg.Secret, Volume: id})
 	case meta.ProviderPassphrase:
+		if !passVolume {
+			return nil, fmt.Errorf("remote %s has no %s: the volume uses an HSM (restore it with --hsm-module and --hsm-token), "+
+				"or its passphrase parameters never reached the remote", store, replica.KeysObject)
+		}
 		raw, materials, err := readKeysObject(ctx, store, id)
 		if err != nil {
 			return nil, err

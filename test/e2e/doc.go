@@ -1,6 +1,7 @@
 // Package e2e holds coffer's end-to-end tests: the real coffer binary (built from
-// ./cmd/coffer), real FUSE mounts through /dev/fuse, a real SoftHSM2 token per volume, and
-// remotes that are a local folder and a real S3 server on 127.0.0.1. Everything lives in
+// ./cmd/coffer), real FUSE mounts through /dev/fuse, a real SoftHSM2 token per volume (or a
+// passphrase: withProvider(passProvider)), and remotes that are a local folder, a real S3
+// server and OpenSSH's sshd serving SFTP, both on 127.0.0.1. Everything lives in
 // _test.go files; run them as root with
 //
 //	go test -count=1 ./test/e2e/

@@ -16,6 +16,7 @@ import (
 
 	"coffer/fs/mountinfo"
 	"coffer/test/s3server"
+	"coffer/test/sftpserver"
 	"coffer/test/softhsm"
 
 	"golang.org/x/sys/unix"
@@ -27,9 +28,20 @@ type backend string
 const (
 	localRemote backend = "local" // a plain folder (rclone's local backend)
 	s3Remote    backend = "s3"    // a real S3 server on 127.0.0.1 (test/s3server)
+	sftpRemote  backend = "sftp"  // OpenSSH's sshd on 127.0.0.1 serving SFTP (test/sftpserver)
 )
 
 var allBackends = []backend{localRemote, s3Remote}
+
+// provider is what protects a volume's keys.
+type provider string
+
+const (
+	hsmProvider  provider = "hsm"        // a SoftHSM2 token of its own (the default)
+	passProvider provider = "passphrase" // coffer init --passphrase (Argon2id at coffer's default cost)
+)
+
+var allProviders = []provider{hsmProvider, passProvider}
 
 // Timeouts of the harness: a stuck mount must fail the test, never hang the suite.
 const (
@@ -47,6 +59,7 @@ type options struct {
 	budget               time.Duration
 	allowLogErrors       bool // the test provokes errors the daemon may log at ERROR
 	initArgs             []string
+	provider             provider // "" = hsmProvider
 }
 
 // Option changes how newVolume creates and mounts a volume.
@@ -62,11 +75,13 @@ func withLogErrorsAllowed() Option      { return func(o *options) { o.allowLogEr
 func withInitArgs(a ...string) Option {
 	return func(o *options) { o.initArgs = append(o.initArgs, a...) }
 }
+func withProvider(p provider) Option      { return func(o *options) { o.provider = p } }
 func (v *Volume) P(elem ...string) string { return filepath.Join(append([]string{v.Mnt}, elem...)...) }
 
-// Volume is one coffer volume created with `coffer init` on its own SoftHSM2 token and
-// mounted with `coffer mount`. Its cleanup unmounts it, checks that the daemon exited 0 and
-// scans everything the daemon wrote for leaked plaintext, names and secrets.
+// Volume is one coffer volume created with `coffer init` on its own SoftHSM2 token (or with
+// a passphrase: withProvider(passProvider)) and mounted with `coffer mount`. Its cleanup
+// unmounts it, checks that the daemon exited 0 and scans everything the daemon wrote for
+// leaked plaintext, names and secrets.
 type Volume struct {
 	t       testing.TB
 	Backend backend
@@ -74,17 +89,22 @@ type Volume struct {
 	State   string // --state
 	Mnt     string // mount point
 	Remote  string // --remote as given to init
-	// RemoteDir is the folder that holds the remote's objects: the local remote itself or
-	// the S3 server's backing folder.
+	// RemoteDir is the folder that holds the remote's objects: the local remote itself, or
+	// the S3 or SFTP server's backing folder.
 	RemoteDir string
 	TmpDir    string // the daemon's TMPDIR
 	HomeDir   string // the daemon's HOME and XDG_CACHE_HOME (rclone's config and cache)
 	LogDir    string // stdout/stderr of every coffer command (and the daemon's, if it keeps them)
 	SealLog   string // COFFER_DEBUG_SEAL_LOG
-	Token     *softhsm.Token
+	Provider  provider
+	Token     *softhsm.Token // nil for a passphrase volume
 	PINFile   string
-	S3        *s3server.Server
-	opts      options
+	// Passphrase and PassFile (which holds it) are a passphrase volume's secret.
+	Passphrase []byte
+	PassFile   string
+	S3         *s3server.Server
+	SFTP       *sftpserver.Server
+	opts       options
 
 	mu       sync.Mutex
 	seq      int
@@ -147,10 +167,25 @@ func newVolume(t *testing.T, b backend, opt ...Option) *Volume {
 	if err := os.Chmod(v.Mnt, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	v.Token = softhsm.NewToken(t, "")
-	v.PINFile = filepath.Join(dir, "pin")
-	if err := os.WriteFile(v.PINFile, v.Token.PIN, 0o600); err != nil {
-		t.Fatal(err)
+	v.Provider = v.opts.provider
+	if v.Provider == "" {
+		v.Provider = hsmProvider
+	}
+	switch v.Provider {
+	case hsmProvider:
+		v.Token = softhsm.NewToken(t, "")
+		v.PINFile = filepath.Join(dir, "pin")
+		if err := os.WriteFile(v.PINFile, v.Token.PIN, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	case passProvider:
+		v.Passphrase = []byte("pass phrase " + randHex(8))
+		v.PassFile = filepath.Join(dir, "passphrase")
+		if err := os.WriteFile(v.PassFile, v.Passphrase, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	default:
+		t.Fatalf("unknown key provider %q", v.Provider)
 	}
 	switch b {
 	case localRemote:
@@ -161,14 +196,17 @@ func newVolume(t *testing.T, b backend, opt ...Option) *Volume {
 		v.S3 = s3server.Start(t)
 		v.RemoteDir = v.S3.Dir
 		v.Remote = v.S3.Remote("bkt-" + randHex(4) + "/vol")
+	case sftpRemote:
+		v.SFTP = sftpserver.Start(t)
+		v.RemoteDir = v.SFTP.Dir
+		v.Remote = v.SFTP.Remote("vol")
 	default:
 		t.Fatalf("unknown backend %q", b)
 	}
 	t.Cleanup(v.cleanup)
 	v.arm(v.opts.budget, "the test")
 
-	args := []string{"init", "--state", v.State, "--remote", v.Remote,
-		"--hsm-module", v.Token.Module, "--hsm-token", v.Token.Label, "--hsm-pin-file", v.PINFile}
+	args := append([]string{"init", "--state", v.State, "--remote", v.Remote}, v.keyArgs()...)
 	if v.opts.blockSize != "" {
 		args = append(args, "--block-size", v.opts.blockSize, "--chunk-size", v.opts.chunkSize)
 	}
@@ -178,6 +216,31 @@ func newVolume(t *testing.T, b backend, opt ...Option) *Volume {
 	}
 	v.Mount()
 	return v
+}
+
+// keyArgs are the flags that name the volume's key provider and its secret's file, as
+// coffer init and coffer restore take them.
+func (v *Volume) keyArgs() []string {
+	if v.Provider == passProvider {
+		return []string{"--passphrase", "--passphrase-file", v.PassFile}
+	}
+	return []string{"--hsm-module", v.Token.Module, "--hsm-token", v.Token.Label, "--hsm-pin-file", v.PINFile}
+}
+
+// secretArgs is the flag that gives a command that opens the volume its secret.
+func (v *Volume) secretArgs() []string {
+	if v.Provider == passProvider {
+		return []string{"--passphrase-file", v.PassFile}
+	}
+	return []string{"--hsm-pin-file", v.PINFile}
+}
+
+// secret is the volume's PIN or passphrase.
+func (v *Volume) secret() []byte {
+	if v.Token != nil {
+		return v.Token.PIN
+	}
+	return v.Passphrase
 }
 
 // result is the outcome of one coffer command.
@@ -217,7 +280,9 @@ func (v *Volume) env() []string {
 	if level == "" {
 		level = "info"
 	}
-	env = append(env, v.Token.Env()...)
+	if v.Token != nil {
+		env = append(env, v.Token.Env()...)
+	}
 	return append(env, "COFFER_LOG="+level, "COFFER_DEBUG_SEAL_LOG="+v.SealLog,
 		"TMPDIR="+v.TmpDir, "HOME="+v.HomeDir, "XDG_CACHE_HOME="+filepath.Join(v.HomeDir, ".cache"),
 		"XDG_CONFIG_HOME="+filepath.Join(v.HomeDir, ".config"))
@@ -310,7 +375,7 @@ func (v *Volume) Mount(extra ...string) {
 	}
 	args := []string{"mount", "--state", v.State}
 	if !v.pinInEnv {
-		args = append(args, "--hsm-pin-file", v.PINFile)
+		args = append(args, v.secretArgs()...)
 	}
 	if v.opts.allowOther {
 		args = append(args, "--allow-other")
@@ -787,6 +852,15 @@ func sanitize(s string) string {
 		s = s[:60]
 	}
 	return s
+}
+
+// forMatrix runs fn as one subtest per backend and key provider ("local/hsm", ...).
+func forMatrix(t *testing.T, bs []backend, ps []provider, fn func(t *testing.T, b backend, p provider)) {
+	forBackends(t, bs, func(t *testing.T, b backend) {
+		for _, p := range ps {
+			t.Run(string(p), func(t *testing.T) { fn(t, b, p) })
+		}
+	})
 }
 
 // forBackends runs fn as one subtest per backend.

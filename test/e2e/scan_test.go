@@ -31,7 +31,7 @@ func (k patKind) String() string {
 	case kindName:
 		return "file name"
 	case kindSecret:
-		return "HSM PIN"
+		return "HSM PIN" // or passphrase
 	}
 	return "?"
 }
@@ -169,8 +169,8 @@ func (v *Volume) leakPatterns() []pattern {
 		{[]byte(namePrefix), kindName},
 		{[]byte(hex.EncodeToString([]byte(namePrefix))), kindName},
 	}
-	if len(v.Token.PIN) >= winLen {
-		pats = append(pats, pattern{append([]byte(nil), v.Token.PIN...), kindSecret})
+	if s := v.secret(); len(s) >= winLen {
+		pats = append(pats, pattern{append([]byte(nil), s...), kindSecret})
 	}
 	v.mu.Lock()
 	for n := range v.names {

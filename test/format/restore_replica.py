@@ -261,6 +261,10 @@ def restore(rep, out_path):
                 res["position"], res["time_ns"] = p, t
                 break
             if not found:
+                first = min(deltas) if deltas else 0
+                if first > 1:
+                    raise Refused("%s is missing: the deltas from position %d on build on it, and no complete "
+                                  "snapshot is left" % (name("s", e, first - 1, 0), first))
                 raise Refused("%s holds no complete snapshot to restore from" % epoch_prefix(e))
 
             # Step 3: every delta after it, each linked to the state before it.
@@ -275,7 +279,7 @@ def restore(rep, out_path):
                 try:
                     plain, obj, _ = rep.open("d", p)
                 except Refused as err:
-                    if p == max_p and not isinstance(err, KeyMissing):
+                    if p == end and not isinstance(err, KeyMissing):
                         rep.warn("the newest object does not open; restoring to the position before it: %s" % err)
                         res["dropped_tail"] = n
                         break
