@@ -83,8 +83,8 @@ type Replicator struct {
 	pos        Position   // where the last shipped delta ended in the WAL
 	p          uint64     // position of the newest state on the remote
 	state      StateID
-	chainStart bool // the next object must be a snapshot starting a new chain
-	snapshot   bool // take a snapshot of the current state when convenient
+	chainStart bool       // the next object must be a snapshot starting a new chain
+	snapshot   bool       // take a snapshot of the current state when convenient
 	keyMu      sync.Mutex // key and keyVersion; never held across remote I/O, so a lock is immediate
 	key        *keys.DEK
 	keyVersion uint32
