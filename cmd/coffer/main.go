@@ -32,7 +32,7 @@ type command struct {
 var commands = map[string]command{
 	"init":    {"init --state DIR [--remote REMOTE] [--hsm-module SO --hsm-token LABEL | --passphrase] [--key-mode wrap|derive] [--block-size N] [--chunk-size N]", cmdInit},
 	"status":  {"status (MOUNTPOINT | --state DIR) [--json]", cmdStatus},
-	"mount":   {"mount --state DIR MOUNTPOINT [--foreground] [--allow-other] [--read-only] [--cache-size N] [--staging-cap N] [--staging-dir DIR] [--sync-timeout D] [--read-timeout D] [--unmount-timeout D] [--replica-interval D]", cmdMount},
+	"mount":   {"mount --state DIR MOUNTPOINT [--foreground] [--allow-other] [--read-only] [--cache-size N] [--staging-cap N] [--staging-dir DIR] [--sync-timeout D] [--read-timeout D] [--unmount-timeout D] [--replica-interval D] [--pitr-window D]", cmdMount},
 	"unmount": {"unmount MOUNTPOINT", cmdUnmount},
 	"lock":    {"lock MOUNTPOINT", cmdLock},
 	"unlock":  {"unlock MOUNTPOINT [--hsm-pin-file F | --passphrase-file F]", cmdUnlock},

@@ -17,6 +17,7 @@ import (
 
 	"coffer/fs/control"
 	"coffer/fs/daemon"
+	"coffer/fs/replica"
 	"coffer/fs/volume"
 )
 
@@ -48,6 +49,7 @@ func cmdMount(ctx context.Context, env *cliEnv, args []string) error {
 	fl.DurationVar(&mc.SyncTimeout, "sync-timeout", time.Minute, "how long fsync waits for uploads before it fails with EIO (data stays staged)")
 	fl.DurationVar(&mc.ReadTimeout, "read-timeout", time.Minute, "how long a read waits for the remote before it fails with EIO")
 	fl.DurationVar(&mc.ReplicaInterval, "replica-interval", time.Second, "catalog changes reach the remote within this; fsync, rotate, shred and passwd wait for theirs anyway")
+	fl.DurationVar(&mc.PITRWindow, "pitr-window", replica.DefaultWindow, "how far back restore --at can go (catalog history kept on the remote; 0: only the newest state)")
 	fl.StringVar(&mc.StagingDir, "staging-dir", "", "where staged ciphertext is kept (default STATE/staging): new, empty, or used by this volume before; it must survive reboots")
 	fl.BoolVar(&mc.child, "daemon-child", false, "internal: run as the background daemon")
 	pos, err := parseFlags(fl, args)
@@ -84,6 +86,9 @@ func cmdMount(ctx context.Context, env *cliEnv, args []string) error {
 	}
 	if mc.SyncTimeout <= 0 || mc.ReadTimeout <= 0 || mc.UnmountTimeout <= 0 || mc.ReplicaInterval <= 0 {
 		return usageError{"--sync-timeout, --read-timeout, --unmount-timeout and --replica-interval must be positive"}
+	}
+	if mc.PITRWindow < 0 {
+		return usageError{"--pitr-window must not be negative"}
 	}
 
 	if mc.child {

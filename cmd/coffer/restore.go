@@ -13,7 +13,7 @@ import (
 )
 
 func init() {
-	commands["restore"] = command{"restore --state DIR --remote REMOTE [--hsm-module SO --hsm-token LABEL | --passphrase]", cmdRestore}
+	commands["restore"] = command{"restore --state DIR --remote REMOTE [--hsm-module SO --hsm-token LABEL | --passphrase] [--at TIME]", cmdRestore}
 }
 
 // cmdRestore rebuilds a lost host's state directory from the catalog replica on the remote.
@@ -26,6 +26,7 @@ func cmdRestore(ctx context.Context, env *cliEnv, args []string) error {
 	pinFile := fl.String("hsm-pin-file", "", "file holding the HSM PIN (else COFFER_HSM_PIN or a prompt)")
 	usePass := fl.Bool("passphrase", false, "a passphrase volume")
 	passFile := fl.String("passphrase-file", "", "file holding the passphrase (else COFFER_PASSPHRASE or a prompt)")
+	at := fl.String("at", "", "restore the catalog as it was at this time (RFC 3339, e.g. 2026-12-07T10:00:00Z) instead of the newest")
 	pos, err := parseFlags(fl, args)
 	if err != nil {
 		return err
@@ -41,6 +42,13 @@ func cmdRestore(ctx context.Context, env *cliEnv, args []string) error {
 		return err
 	}
 	cfg := volume.RestoreConfig{StateDir: stateDir, Remote: *remoteStr}
+	if *at != "" {
+		t, err := time.Parse(time.RFC3339Nano, *at)
+		if err != nil {
+			return usageError{fmt.Sprintf("--at %q: want an RFC 3339 time such as 2026-12-07T10:00:00Z", *at)}
+		}
+		cfg.At = t
+	}
 	var src secretSource
 	if *usePass {
 		cfg.Provider = meta.ProviderPassphrase

@@ -41,6 +41,7 @@ type Config struct {
 	ReadTimeout          time.Duration // one remote read gives up with EIO after this
 	StagingDir           string        // staged ciphertext (default STATE/staging)
 	ReplicaInterval      time.Duration // catalog changes reach the remote within this (fsync waits for them anyway)
+	PITRWindow           time.Duration // replica history kept for restore --at; 0: none
 }
 
 // Run opens the volume, mounts it, serves until unmounted, then uploads what is staged
@@ -72,7 +73,10 @@ func Run(parent context.Context, mc Config, secret []byte, ready func(error)) (e
 	}
 
 	objcache := volume.DiskCacheDir(mc.State)
-	opt := volume.OpenOptions{Logger: log, ReplicaInterval: mc.ReplicaInterval}
+	opt := volume.OpenOptions{Logger: log, ReplicaInterval: mc.ReplicaInterval, PITRWindow: mc.PITRWindow}
+	if mc.PITRWindow == 0 {
+		opt.PITRWindow = -1 // none
+	}
 	if mc.DiskCache > 0 {
 		opt.WrapStore = func(s remote.Store) (remote.Store, error) {
 			return remote.NewDiskCache(s, objcache, mc.DiskCache, log)

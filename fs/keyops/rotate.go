@@ -640,6 +640,16 @@ func Retire(ctx context.Context, v *volume.Volume, actor string, log *slog.Logge
 // between the two steps), and purges the catalog files of the erased rows.
 func destroyVersions(ctx context.Context, v *volume.Volume, refs []keys.KEKRef, actor string, log *slog.Logger) error {
 	now := time.Now().UnixNano()
+	for _, r := range refs {
+		// The catalog's replica is sealed under a key of the volume chain: its newest state
+		// must be sealed under a version that stays before one goes.
+		if r.Chain == "" {
+			if err := v.SnapshotReplica(ctx); err != nil {
+				return fmt.Errorf("snapshot the catalog's replica under the current KEK version before destroying %s: %w", r, err)
+			}
+			break
+		}
+	}
 	if len(refs) > 0 {
 		if err := v.Catalog().Update(ctx, func(t *meta.Tx) error {
 			for _, r := range refs {

@@ -64,7 +64,11 @@ type Config struct {
 	// OwnerCheckEvery is how often CheckOwner runs besides before every snapshot
 	// (ownerCheckEvery if 0).
 	OwnerCheckEvery time.Duration
-	Logger          *slog.Logger
+	// Window is the point-in-time window: history this old stays restorable
+	// (DefaultWindow if 0; negative: none, only the newest snapshot and the
+	// deltas after it are kept).
+	Window time.Duration
+	Logger *slog.Logger
 }
 
 // ErrNotOwner means another host restored the volume and now owns it: this
@@ -91,9 +95,13 @@ type Replicator struct {
 	shownP     atomic.Uint64 // p, for Status (which must not wait behind a hung Put)
 	bootSum    [32]byte
 	lastOwner  time.Time
-	snapP      uint64  // the state the main file held at the last completed checkpoint
-	snapState  StateID // (what a snapshot streamed from it captures)
-	cleanOK    bool    // Close left the catalog file holding exactly state cleanP
+	snapP      uint64              // the state the main file held at the last completed checkpoint
+	snapState  StateID             // (what a snapshot streamed from it captures)
+	sinceSnap  int64               // delta bytes put since the newest snapshot
+	lastSnap   time.Time           // when the newest snapshot was taken (or this session started)
+	lastPrune  time.Time           // when retention last ran
+	snaps      map[uint64]snapInfo // snapshots of this epoch whose time is known
+	cleanOK    bool                // Close left the catalog file holding exactly state cleanP
 	cleanP     uint64
 	cleanState StateID
 
@@ -141,12 +149,20 @@ func Start(ctx context.Context, cfg Config) (*Replicator, error) {
 	if cfg.OwnerCheckEvery <= 0 {
 		cfg.OwnerCheckEvery = ownerCheckEvery
 	}
+	switch {
+	case cfg.Window == 0:
+		cfg.Window = DefaultWindow
+	case cfg.Window < 0:
+		cfg.Window = 0
+	}
 	if cfg.Epoch == 0 {
 		return nil, errors.New("replica: start: epoch 0")
 	}
 	r := &Replicator{cfg: cfg, log: cfg.Logger, walPath: cfg.Catalog.Path() + "-wal",
 		kick: make(chan struct{}, 1), done: make(chan struct{})}
 	r.loopCtx, r.stop = context.WithCancel(context.WithoutCancel(ctx))
+	r.snaps = map[uint64]snapInfo{}
+	r.lastSnap, r.lastPrune = time.Now(), time.Now()
 	if r.log == nil {
 		r.log = slog.Default()
 	}
@@ -163,9 +179,19 @@ func Start(ctx context.Context, cfg Config) (*Replicator, error) {
 // resume sets the shipping state from the remote (the authority) and the
 // local WAL.
 func (r *Replicator) resume(ctx context.Context) error {
-	tail, tailSize, err := listTail(ctx, r.cfg.Store, r.cfg.Epoch)
+	l, err := list(ctx, r.cfg.Store, r.cfg.Epoch)
 	if err != nil {
 		return err
+	}
+	tail, tailSize := l.tail(r.cfg.Epoch)
+	var newestSnap uint64
+	for p := range l.snaps {
+		newestSnap = max(newestSnap, p)
+	}
+	for p, size := range l.deltas {
+		if p > newestSnap {
+			r.sinceSnap += size
+		}
 	}
 	clean, cleanErr := readStateFile(r.cfg.StateFile)
 	if r.cfg.StateFile != "" {
@@ -299,6 +325,19 @@ func (r *Replicator) ShipAndCheckpoint(ctx context.Context, checkpoint func() (b
 	return true, nil
 }
 
+// SnapshotNow writes a snapshot of the current state, sealed under the current
+// KEK version, and returns once it is on the remote. Key operations call it
+// before they destroy a version of the volume chain, so the newest state
+// stays restorable whatever the older objects were sealed under.
+func (r *Replicator) SnapshotNow(ctx context.Context) error {
+	r.mu.Lock()
+	if !r.chainStart {
+		r.snapshot = true
+	}
+	r.mu.Unlock()
+	return r.Flush(ctx)
+}
+
 // WipeKey forgets the replica key (coffer lock). Shipping needs the key
 // again: until Key works, changes wait and Flush fails with EKEYREVOKED.
 func (r *Replicator) WipeKey() {
@@ -403,6 +442,10 @@ func (r *Replicator) roundOnce(ctx context.Context) error {
 	r.mu.Lock()
 	err := r.shipLocked(ctx)
 	big := r.pos.Offset > checkpointAt
+	if err == nil && r.dueForCompactionLocked(catalogBytes(r.cfg.Catalog.Path())) {
+		r.snapshot = true
+		r.poke()
+	}
 	r.mu.Unlock()
 	if err != nil {
 		return err
@@ -412,7 +455,19 @@ func (r *Replicator) roundOnce(ctx context.Context) error {
 			r.log.Warn("replica: checkpoint failed", "err", err)
 		}
 	}
+	if snap || start || time.Since(r.lastPrune) > pruneEvery {
+		if err := r.prune(ctx); err != nil {
+			r.log.Warn("replica: pruning old history failed; retrying later", "err", err)
+		}
+	}
 	return nil
+}
+
+func catalogBytes(path string) int64 {
+	if st, err := os.Stat(path); err == nil {
+		return st.Size()
+	}
+	return 0
 }
 
 func (r *Replicator) checkOwner(ctx context.Context) error {
@@ -522,11 +577,13 @@ func (r *Replicator) shipLocked(ctx context.Context) error {
 		Prev: r.state, WAL: next, Pages: PagesFromFrames(frames)}
 	h := format.ReplicaHeader{Kind: format.ReplicaDelta, KEKVersion: version, Volume: r.cfg.Volume,
 		Epoch: r.cfg.Epoch, Position: r.p + 1}
-	if err := sealPut(ctx, r.cfg.Store, key, &h, d.Marshal()); err != nil {
+	plainOf := d.Marshal()
+	if err := sealPut(ctx, r.cfg.Store, key, &h, plainOf); err != nil {
 		return err
 	}
 	r.p, r.state, r.pos = h.Position, h.Object, next
 	r.shownP.Store(r.p)
+	r.sinceSnap += format.ReplicaObjectSize(int64(len(plainOf)))
 	r.lag.Store(max(0, size-next.Offset))
 	r.lastShip.Store(time.Now().UnixNano())
 	return nil
@@ -549,7 +606,8 @@ func (r *Replicator) takeSnapshot(ctx context.Context) error {
 		if r.chainStart {
 			p, state = r.p+1, StateID{}
 		}
-		first, err := writeSnapshot(ctx, r.cfg.Store, f, key, format.ReplicaHeader{
+		now := time.Now()
+		first, err := writeSnapshot(ctx, r.cfg.Store, f, key, now, format.ReplicaHeader{
 			Kind: format.ReplicaSnapshot, KEKVersion: version, Volume: r.cfg.Volume, Epoch: r.cfg.Epoch, Position: p}, state)
 		if err != nil {
 			return err
@@ -559,6 +617,8 @@ func (r *Replicator) takeSnapshot(ctx context.Context) error {
 			r.shownP.Store(p)
 		}
 		r.snapshot = false
+		r.sinceSnap, r.lastSnap = 0, now
+		r.snaps[p] = snapInfo{time: now, complete: true}
 		r.lastShip.Store(time.Now().UnixNano())
 		r.log.Info("replica: snapshot written", "epoch", r.cfg.Epoch, "position", p)
 		return nil
@@ -567,7 +627,7 @@ func (r *Replicator) takeSnapshot(ctx context.Context) error {
 
 // writeSnapshot seals and puts the database file f as the parts of the
 // snapshot h (Part and Last set here) and returns part 0's object id.
-func writeSnapshot(ctx context.Context, store remote.Store, f *os.File, key *keys.DEK, h format.ReplicaHeader, state StateID) (StateID, error) {
+func writeSnapshot(ctx context.Context, store remote.Store, f *os.File, key *keys.DEK, at time.Time, h format.ReplicaHeader, state StateID) (StateID, error) {
 	var hdr [100]byte
 	if _, err := io.ReadFull(io.NewSectionReader(f, 0, 100), hdr[:]); err != nil {
 		return StateID{}, fmt.Errorf("replica: snapshot: read the catalog header: %w", err)
@@ -592,7 +652,7 @@ func writeSnapshot(ctx context.Context, store remote.Store, f *os.File, key *key
 	if parts > 0xffff {
 		return StateID{}, fmt.Errorf("replica: snapshot: catalog of %d pages needs %d parts, more than 65535", dbPages, parts)
 	}
-	now := time.Now().UnixNano()
+	now := at.UnixNano()
 	var first StateID
 	for k := range parts {
 		firstPg := k*per + 1

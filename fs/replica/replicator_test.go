@@ -6,12 +6,14 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
+	"coffer/crypto/format"
 	"coffer/fs/meta"
 	"coffer/keys"
 	"coffer/remote"
@@ -437,5 +439,131 @@ func TestResumeAfterTornTail(t *testing.T) {
 	res, got := f.restore()
 	if got != dumpDB(t, f.cat.Path()) || res.Position != p+1 {
 		t.Fatalf("restore after a torn tail: %+v, or content differs from the live catalog", res)
+	}
+}
+
+// Deltas that outgrow the catalog make a new snapshot, and retention then
+// drops what the window does not need: with no window, only the newest
+// snapshot and the deltas after it stay, and restore still gives the live
+// catalog; with a window, history inside it stays.
+func TestCompactionAndRetention(t *testing.T) {
+	old := compactMinBytes
+	compactMinBytes = 1 // the catalog's own size decides
+	defer func() { compactMinBytes = old }()
+	for _, tc := range []struct {
+		name   string
+		window time.Duration
+	}{{"no window", -1}, {"one hour", time.Hour}} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newRT(t)
+			cfg := f.config(f.cat, f.store)
+			cfg.Window = tc.window
+			r := f.start(cfg)
+			defer r.Close(f.ctx)
+			if err := f.cat.Sync(f.ctx); err != nil {
+				t.Fatal(err)
+			}
+			for range 60 {
+				if err := f.mkdirs(f.cat, 20); err != nil {
+					t.Fatal(err)
+				}
+				if err := f.cat.Sync(f.ctx); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := f.cat.Sync(f.ctx); err != nil { // the round after a due snapshot
+				t.Fatal(err)
+			}
+			names := f.names()
+			var snaps []uint64
+			var deltas []uint64
+			for _, n := range names {
+				h, ok := ParseName(n)
+				if !ok {
+					t.Fatalf("unexpected object %s", n)
+				}
+				if h.Kind == format.ReplicaSnapshot {
+					snaps = append(snaps, h.Position)
+				} else {
+					deltas = append(deltas, h.Position)
+				}
+			}
+			p := r.Status().Position
+			if len(snaps) < 1 || (tc.window < 0 && len(snaps) != 1) || (tc.window > 0 && len(snaps) < 2) {
+				t.Fatalf("window %v: snapshots at %v (newest position %d), want %s", tc.window, snaps, p,
+					map[bool]string{true: "only the newest", false: "every one since the start (inside the window)"}[tc.window < 0])
+			}
+			newest := slices.Max(snaps)
+			if newest < 10 {
+				t.Fatalf("no compaction snapshot: snapshots at %v after %d positions", snaps, p)
+			}
+			for _, d := range deltas {
+				if tc.window < 0 && d <= newest {
+					t.Fatalf("delta %d kept before the only snapshot %d", d, newest)
+				}
+			}
+			if tc.window > 0 && len(deltas) < int(p)-len(snaps) {
+				t.Fatalf("deltas inside the window were pruned: %d deltas for %d positions", len(deltas), p)
+			}
+			res, got := f.restore()
+			if got != dumpDB(t, f.cat.Path()) || res.Position != p {
+				t.Fatalf("restore after compaction: %+v (live at %d), or content differs", res, p)
+			}
+		})
+	}
+}
+
+// Restore At a time between two shipped states gives the older one, also
+// across a compaction snapshot taken after it; a time before every kept
+// snapshot is ErrTooOld.
+func TestRestoreAt(t *testing.T) {
+	old := compactMinBytes
+	compactMinBytes = 1
+	defer func() { compactMinBytes = old }()
+	f := newRT(t)
+	cfg := f.config(f.cat, f.store)
+	cfg.Window = time.Hour
+	r := f.start(cfg)
+	defer r.Close(f.ctx)
+	if err := f.cat.Sync(f.ctx); err != nil {
+		t.Fatal(err)
+	}
+	type point struct {
+		at   time.Time
+		dump string
+		p    uint64
+	}
+	var points []point
+	for range 12 {
+		if err := f.mkdirs(f.cat, 15); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.cat.Sync(f.ctx); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(2 * time.Millisecond)
+		points = append(points, point{time.Now(), dumpDB(t, f.cat.Path()), r.Status().Position})
+		time.Sleep(2 * time.Millisecond)
+	}
+	if snaps := countSnapshots(f.names()); snaps < 2 {
+		t.Fatalf("want a compaction snapshot among the points: %v", f.names())
+	}
+	for _, pt := range points {
+		dst := filepath.Join(t.TempDir(), "catalog.db")
+		res, err := Restore(f.ctx, RestoreConfig{Store: f.store, Volume: f.vol.ID, Epoch: 1, Key: f.ks.fn(), Dst: dst, At: pt.at})
+		if err != nil {
+			t.Fatalf("restore at position %d's time: %v", pt.p, err)
+		}
+		if res.Position != pt.p || res.Time.After(pt.at) {
+			t.Fatalf("restore at %v gave position %d (time %v), want %d", pt.at, res.Position, res.Time, pt.p)
+		}
+		if got := dumpDB(t, dst); got != pt.dump {
+			t.Fatalf("restore at position %d's time differs from the catalog then: %s", pt.p, firstDiff(got, pt.dump))
+		}
+	}
+	_, err := Restore(f.ctx, RestoreConfig{Store: f.store, Volume: f.vol.ID, Epoch: 1, Key: f.ks.fn(),
+		Dst: filepath.Join(t.TempDir(), "catalog.db"), At: time.Now().Add(-time.Hour)})
+	if !errors.Is(err, ErrTooOld) {
+		t.Fatalf("restore before the first snapshot: %v, want ErrTooOld", err)
 	}
 }

@@ -46,16 +46,12 @@ func list(ctx context.Context, store remote.Store, epoch uint32) (*listing, erro
 	return l, nil
 }
 
-// listTail returns the newest object of the epoch (its delta if the newest
+// tail returns the newest object of the epoch (its delta if the newest
 // position has one, else part 0 of its snapshot) and its size, or nil if
 // there is none.
-func listTail(ctx context.Context, store remote.Store, epoch uint32) (*format.ReplicaHeader, int64, error) {
-	l, err := list(ctx, store, epoch)
-	if err != nil {
-		return nil, 0, err
-	}
+func (l *listing) tail(epoch uint32) (*format.ReplicaHeader, int64) {
 	if len(l.deltas) == 0 && len(l.snaps) == 0 {
-		return nil, 0, nil
+		return nil, 0
 	}
 	h := format.ReplicaHeader{Epoch: epoch, Position: l.maxP, Kind: format.ReplicaDelta}
 	size, ok := l.deltas[l.maxP]
@@ -63,7 +59,7 @@ func listTail(ctx context.Context, store remote.Store, epoch uint32) (*format.Re
 		h.Kind = format.ReplicaSnapshot
 		size = l.snaps[l.maxP][0] // 0 if part 0 is missing: as good as torn
 	}
-	return &h, size, nil
+	return &h, size
 }
 
 // fetchOpen gets and opens the object h names, sealed under key of version.
@@ -102,7 +98,14 @@ type RestoreConfig struct {
 	// Progress, if set, is called after each object with the bytes read so
 	// far and the total to read.
 	Progress func(done, total int64)
+	// At, if set, restores the newest state that reached the remote at or
+	// before it (point in time) instead of the newest state.
+	At time.Time
 }
+
+// ErrTooOld means the epoch holds no state at or before RestoreConfig.At
+// (an older epoch may; or the history was pruned).
+var ErrTooOld = errors.New("no replicated state that old")
 
 // RestoreResult says what a restore rebuilt.
 type RestoreResult struct {
@@ -209,9 +212,12 @@ func Restore(ctx context.Context, cfg RestoreConfig) (res RestoreResult, err err
 	end := l.maxP // the newest position to restore
 	for _, p := range snapPs {
 		name := Name(format.ReplicaHeader{Kind: format.ReplicaSnapshot, Epoch: cfg.Epoch, Position: p})
-		ok, st, ps, t, err := applySnapshot(f, l, p, cfg.Epoch, open, progress)
+		ok, tooNew, st, ps, t, err := applySnapshot(f, l, p, cfg.Epoch, cfg.At, open, progress)
 		if err != nil {
 			return res, err
+		}
+		if tooNew {
+			continue
 		}
 		if !ok {
 			// Parts missing or from two attempts: a snapshot cut short by a crash. At the
@@ -237,6 +243,10 @@ func Restore(ctx context.Context, cfg RestoreConfig) (res RestoreResult, err err
 		res.Position, res.Time = p, t
 		break
 	}
+	if !found && !cfg.At.IsZero() {
+		return res, fmt.Errorf("replica: %s holds no snapshot taken at or before %s: %w", EpochPrefix(cfg.Epoch),
+			cfg.At.UTC().Format(time.RFC3339), ErrTooOld)
+	}
 	if !found {
 		if len(l.deltas) > 0 {
 			first := l.maxP
@@ -254,6 +264,9 @@ func Restore(ctx context.Context, cfg RestoreConfig) (res RestoreResult, err err
 		h := format.ReplicaHeader{Kind: format.ReplicaDelta, Epoch: cfg.Epoch, Position: p}
 		name := Name(h)
 		if _, ok := l.deltas[p]; !ok {
+			if _, snap := l.snaps[p]; snap && !cfg.At.IsZero() {
+				break // a newer chain starts here, after At
+			}
 			if _, snap := l.snaps[p]; snap {
 				// A snapshot that started a new chain after this one's last delta: the
 				// newest complete snapshot was chosen above, so this one is incomplete.
@@ -274,6 +287,10 @@ func Restore(ctx context.Context, cfg RestoreConfig) (res RestoreResult, err err
 		d, err := UnmarshalDelta(plain)
 		if err != nil {
 			return res, fmt.Errorf("replica: %s: %w", name, err)
+		}
+		if !cfg.At.IsZero() && time.Unix(0, d.TimeNS).After(cfg.At) {
+			clear(plain)
+			break // the newest state at or before At is reached
 		}
 		if d.Prev != state {
 			return res, fmt.Errorf("replica: %s does not follow the state before it (links to %s, the restored state is %s): "+
@@ -303,12 +320,12 @@ func Restore(ctx context.Context, cfg RestoreConfig) (res RestoreResult, err err
 
 // applySnapshot writes snapshot p's parts into f. ok is false if a part is
 // missing (the caller decides whether that is an error).
-func applySnapshot(f *os.File, l *listing, p uint64, epoch uint32,
+func applySnapshot(f *os.File, l *listing, p uint64, epoch uint32, notAfter time.Time,
 	open func(format.ReplicaHeader) ([]byte, format.ReplicaHeader, error), progress func(int64)) (
-	ok bool, state StateID, pageSize int, t time.Time, err error) {
+	ok, tooNew bool, state StateID, pageSize int, t time.Time, err error) {
 	parts := l.snaps[p]
 	if _, has := parts[0]; !has {
-		return false, state, 0, t, nil
+		return false, false, state, 0, t, nil
 	}
 	var n uint16
 	var dbPages uint32
@@ -316,42 +333,46 @@ func applySnapshot(f *os.File, l *listing, p uint64, epoch uint32,
 	for k := uint16(0); k == 0 || k < n; k++ {
 		h := format.ReplicaHeader{Kind: format.ReplicaSnapshot, Epoch: epoch, Position: p, Part: k}
 		if _, has := parts[k]; !has {
-			return false, state, 0, t, nil
+			return false, false, state, 0, t, nil
 		}
 		plain, stored, err := open(h)
 		if err != nil {
-			return false, state, 0, t, err
+			return false, false, state, 0, t, err
 		}
 		sp, err := UnmarshalSnapshotPart(plain, k)
 		if err != nil {
-			return false, state, 0, t, fmt.Errorf("replica: %s: %w", Name(h), err)
+			return false, false, state, 0, t, fmt.Errorf("replica: %s: %w", Name(h), err)
 		}
 		if k == 0 {
 			p0 = sp
 			n, dbPages, pageSize, t = sp.Parts, sp.DBPages, sp.PageSize, time.Unix(0, sp.TimeNS)
+			if !notAfter.IsZero() && t.After(notAfter) {
+				clear(plain)
+				return false, true, state, 0, t, nil
+			}
 			state = sp.State
 			if state.IsZero() {
 				state = stored.Object
 			}
 			if err := f.Truncate(0); err != nil {
-				return false, state, 0, t, err
+				return false, false, state, 0, t, err
 			}
 		} else if sp.Parts != n || sp.DBPages != dbPages || sp.PageSize != pageSize || sp.State != p0.State || sp.TimeNS != p0.TimeNS {
-			return false, state, 0, t, nil // a part of another attempt at this snapshot
+			return false, false, state, 0, t, nil // a part of another attempt at this snapshot
 		}
 		if stored.Last != (k == n-1) {
-			return false, state, 0, t, fmt.Errorf("replica: %s: last-part flag %v, but the snapshot has %d parts", Name(h), stored.Last, n)
+			return false, false, state, 0, t, fmt.Errorf("replica: %s: last-part flag %v, but the snapshot has %d parts", Name(h), stored.Last, n)
 		}
 		if _, err := f.WriteAt(sp.Pages, int64(sp.FirstPgno-1)*int64(pageSize)); err != nil {
-			return false, state, 0, t, fmt.Errorf("replica: restore: %w", err)
+			return false, false, state, 0, t, fmt.Errorf("replica: restore: %w", err)
 		}
 		clear(plain)
 		progress(parts[k])
 	}
 	if err := f.Truncate(int64(dbPages) * int64(pageSize)); err != nil {
-		return false, state, 0, t, err
+		return false, false, state, 0, t, err
 	}
-	return true, state, pageSize, t, nil
+	return true, false, state, pageSize, t, nil
 }
 
 // keyError is a failure to get a replica key (not a fault of the object).

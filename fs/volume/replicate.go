@@ -109,6 +109,7 @@ func (v *Volume) replicaConfig(epoch uint32, opt OpenOptions, log *slog.Logger) 
 		Bootstrap: func(ctx context.Context) ([]byte, error) { return bootstrap(ctx, v.catalog) },
 		StateFile: ReplicaStateFile(v.StateDir),
 		Interval:  opt.ReplicaInterval,
+		Window:    opt.PITRWindow,
 		Logger:    log,
 	}
 }
@@ -136,6 +137,16 @@ func (v *Volume) DiscardReplica(ctx context.Context) error {
 	err := v.replica.Discard(ctx)
 	v.replica = nil
 	return err
+}
+
+// SnapshotReplica writes a snapshot of the catalog's replica under the current KEK version
+// and waits for it (before a version of the volume chain is destroyed). Nothing to do
+// without replication.
+func (v *Volume) SnapshotReplica(ctx context.Context) error {
+	if v.replica == nil {
+		return nil
+	}
+	return v.replica.SnapshotNow(ctx)
 }
 
 // Replica is the volume's replicator, or nil (read-only, or replication off).

@@ -30,6 +30,10 @@ type RestoreConfig struct {
 	Secret    []byte // PIN or passphrase; not kept
 	Logger    *slog.Logger
 	Progress  func(done, total int64) // bytes of replica objects read so far
+	// At, if set, restores the catalog as it was at that time (the newest state replicated at
+	// or before it) instead of the newest. It cannot go back past the last destruction of a
+	// KEK version (rotate --retire-old, shred --now) or passphrase change.
+	At time.Time
 }
 
 // RestoreSummary says what a restore rebuilt.
@@ -106,8 +110,20 @@ func Restore(ctx context.Context, cfg RestoreConfig) (sum RestoreSummary, err er
 		return sum, fmt.Errorf("create state directory: %w", err)
 	}
 	defer os.RemoveAll(tmp)
-	res, err := replica.Restore(ctx, replica.RestoreConfig{Store: store, Volume: format.ID(id), Epoch: m.Epoch, Key: keyFn,
-		Dst: filepath.Join(tmp, meta.FileName), Logger: log, Progress: cfg.Progress})
+	if !cfg.At.IsZero() {
+		if err := checkBarrier(ctx, store, id, m.Epoch, keyFn, tmp, cfg.At, log); err != nil {
+			return sum, err
+		}
+	}
+	var res replica.RestoreResult
+	for e := m.Epoch; e >= 1; e-- {
+		res, err = replica.Restore(ctx, replica.RestoreConfig{Store: store, Volume: format.ID(id), Epoch: e, Key: keyFn,
+			Dst: filepath.Join(tmp, meta.FileName), Logger: log, Progress: cfg.Progress, At: cfg.At})
+		if errors.Is(err, replica.ErrTooOld) && e > 1 {
+			continue // an older epoch (before an earlier restore) may reach back that far
+		}
+		break
+	}
 	if err != nil {
 		return sum, fmt.Errorf("restore the catalog from %s: %w", store, err)
 	}
@@ -274,4 +290,39 @@ func restoreProvider(ctx context.Context, cfg RestoreConfig, store remote.Store,
 		return p, nil
 	}
 	return nil, fmt.Errorf("unknown key provider %q", cfg.Provider)
+}
+
+// barrierEvents are the audit events no point-in-time restore may go back past: before
+// them the catalog holds key records only destroyed KEK versions open, or KEK material
+// sealed under an old passphrase.
+var barrierEvents = []string{"kek.destroy", "passphrase.change"}
+
+// checkBarrier restores the newest state into a scratch folder inside tmp, reads the time
+// of its last barrier event, and refuses at if it is older.
+func checkBarrier(ctx context.Context, store remote.Store, id [16]byte, epoch uint32, keyFn replica.KeyFunc,
+	tmp string, at time.Time, log *slog.Logger) error {
+	dir, err := os.MkdirTemp(tmp, "newest-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	if _, err := replica.Restore(ctx, replica.RestoreConfig{Store: store, Volume: format.ID(id), Epoch: epoch, Key: keyFn,
+		Dst: filepath.Join(dir, meta.FileName), Logger: log}); err != nil {
+		return fmt.Errorf("restore the newest catalog from %s (to check --at against it): %w", store, err)
+	}
+	cat, err := meta.Open(ctx, dir)
+	if err != nil {
+		return fmt.Errorf("open the newest restored catalog: %w", err)
+	}
+	defer cat.Close()
+	ev, ok, err := cat.LastAuditEvent(ctx, barrierEvents...)
+	if err != nil {
+		return err
+	}
+	if ok && at.Before(time.Unix(0, ev.Time)) {
+		return fmt.Errorf("--at %s is before the last %s (at %s): an older catalog would hold key records only destroyed KEK versions open, "+
+			"or key material sealed under an old passphrase; choose a time after it",
+			at.UTC().Format(time.RFC3339), ev.Event, time.Unix(0, ev.Time).UTC().Format(time.RFC3339))
+	}
+	return nil
 }

@@ -466,6 +466,9 @@ type OpenOptions struct {
 	// ReplicaInterval is how often committed catalog changes are shipped to the remote
 	// (replica.DefaultInterval if 0); fsync and the key commands wait for them anyway.
 	ReplicaInterval time.Duration
+	// PITRWindow is how far back `restore --at` can go: replica history this old is kept
+	// (replica.DefaultWindow if 0; negative: none).
+	PITRWindow time.Duration
 	// NoReplica turns catalog replication off (benchmarks): a host loss then loses the
 	// volume.
 	NoReplica bool

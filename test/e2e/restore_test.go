@@ -3,6 +3,7 @@ package e2e
 import (
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io/fs"
 	"math/rand/v2"
@@ -792,4 +793,59 @@ func TestReplicaLeak(t *testing.T) {
 			t.Logf("scanned %d replica objects for %d patterns: %v", len(objs), len(m.pats), objs)
 		})
 	}
+}
+
+// TestRestoreAt: `restore --at` a time between two fsynced changes gives the catalog as it
+// was then (the earlier file is there and reads back, the later one is not), and once a KEK
+// version was destroyed (rotate --retire-old) a time before that is refused, saying why.
+func TestRestoreAt(t *testing.T) {
+	if plainMode {
+		t.Skip("needs the coffer daemon")
+	}
+	v := newVolume(t, localRemote)
+	early, late := v.P(uniqueName()), v.P(uniqueName())
+	earlyData := markedData(40000)
+	writeFile(t, early, earlyData, true)
+	time.Sleep(20 * time.Millisecond)
+	between := time.Now()
+	time.Sleep(20 * time.Millisecond)
+	writeFile(t, late, markedData(30000), true)
+	if !v.Unmount() {
+		t.FailNow()
+	}
+	at := between.UTC().Format(time.RFC3339Nano)
+
+	first := filepath.Join(v.Dir, "state-at")
+	r := v.restore(first, v.Remote, append(v.keyArgs(), "--at", at)...)
+	if r.code != 0 {
+		t.Fatalf("%s", r)
+	}
+	m := regexp.MustCompile(`replicated at (\S+) \(position`).FindStringSubmatch(r.stdout)
+	if m == nil {
+		t.Fatalf("restore --at does not say when the state it restored was replicated:\n%s", r.stdout)
+	}
+	if got, err := time.Parse(time.RFC3339Nano, m[1]); err != nil || got.After(between) {
+		t.Errorf("restore --at %s restored a state replicated at %s (%v)", at, m[1], err)
+	}
+	v.State = first
+	v.Mount()
+	sameBytes(t, "the file fsynced before --at", mustRead(t, early), earlyData)
+	if _, err := os.Lstat(late); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the file created after --at exists after restore --at: %v", err)
+	}
+	if !v.Unmount() {
+		t.FailNow()
+	}
+
+	// A destroyed KEK version is a barrier.
+	if r := v.run(time.Minute, append([]string{"rotate", "--state", first, "--retire-old"}, v.secretArgs()...)...); r.code != 0 {
+		t.Fatalf("rotate --retire-old: %s", r)
+	}
+	second := filepath.Join(v.Dir, "state-at-2")
+	r = v.restore(second, v.Remote, append(v.keyArgs(), "--at", at)...)
+	oneErrorLine(t, r)
+	if !strings.Contains(r.stderr, "before the last kek.destroy") {
+		t.Errorf("restore --at before a KEK destruction: %s", strings.TrimSpace(r.stderr))
+	}
+	emptyOrAbsent(t, "a refused restore --at", second)
 }
