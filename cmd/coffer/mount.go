@@ -50,6 +50,7 @@ func cmdMount(ctx context.Context, env *cliEnv, args []string) error {
 	fl.DurationVar(&mc.ReadTimeout, "read-timeout", time.Minute, "how long a read waits for the remote before it fails with EIO")
 	fl.DurationVar(&mc.ReplicaInterval, "replica-interval", time.Second, "catalog changes reach the remote within this; fsync, rotate, shred and passwd wait for theirs anyway")
 	fl.DurationVar(&mc.PITRWindow, "pitr-window", replica.DefaultWindow, "how far back restore --at can go (catalog history kept on the remote; 0: only the newest state)")
+	fl.BoolVar(&mc.NoReplica, "no-replica", false, "do not replicate the catalog (for benchmarks: if this host is lost, the volume is lost)")
 	fl.StringVar(&mc.StagingDir, "staging-dir", "", "where staged ciphertext is kept (default STATE/staging): new, empty, or used by this volume before; it must survive reboots")
 	fl.BoolVar(&mc.child, "daemon-child", false, "internal: run as the background daemon")
 	pos, err := parseFlags(fl, args)

@@ -42,6 +42,7 @@ type Config struct {
 	StagingDir           string        // staged ciphertext (default STATE/staging)
 	ReplicaInterval      time.Duration // catalog changes reach the remote within this (fsync waits for them anyway)
 	PITRWindow           time.Duration // replica history kept for restore --at; 0: none
+	NoReplica            bool          // no catalog replication (benchmarks): a host loss loses the volume
 }
 
 // Run opens the volume, mounts it, serves until unmounted, then uploads what is staged
@@ -73,7 +74,10 @@ func Run(parent context.Context, mc Config, secret []byte, ready func(error)) (e
 	}
 
 	objcache := volume.DiskCacheDir(mc.State)
-	opt := volume.OpenOptions{Logger: log, ReplicaInterval: mc.ReplicaInterval, PITRWindow: mc.PITRWindow}
+	opt := volume.OpenOptions{Logger: log, ReplicaInterval: mc.ReplicaInterval, PITRWindow: mc.PITRWindow, NoReplica: mc.NoReplica}
+	if mc.NoReplica {
+		log.Warn("catalog replication is off (--no-replica): if this host is lost, the volume is lost")
+	}
 	if mc.PITRWindow == 0 {
 		opt.PITRWindow = -1 // none
 	}
