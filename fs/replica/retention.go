@@ -11,7 +11,7 @@ import (
 	"coffer/remote"
 )
 
-// Compaction and retention (FORMAT.md 12.17). A restore replays the newest
+// Compaction and retention (FORMAT.md 12.13). A restore replays the newest
 // snapshot and every delta after it, so a snapshot is taken once the deltas
 // since the last one outweigh the catalog (at least 64 MiB of them), or a day
 // after it. History is kept for the point-in-time window: the newest snapshot
