@@ -25,9 +25,12 @@ type ShredOptions struct {
 	// cached names after, and takes the new KEK versions after a user shred. The data path
 	// owns staging then (StagingDir is not touched).
 	Live LiveFS
+
+	started int64 // when the shred began: the objects it queues skip the point-in-time window
 }
 
 func (o *ShredOptions) defaults(v *volume.Volume) {
+	o.started = time.Now().UnixNano()
 	if o.Actor == "" {
 		o.Actor = "shred"
 	}
@@ -209,6 +212,10 @@ func finishShred(ctx context.Context, v *volume.Volume, opt ShredOptions, res *S
 	}
 	if err := v.Catalog().PurgeDeleted(ctx); err != nil {
 		return fmt.Errorf("shred: erase the key records from the catalog files: %w", err)
+	}
+	// A shred's objects go now, not after the point-in-time window (FORMAT.md 12.13).
+	if _, err := v.Catalog().ExpediteDeletes(ctx, opt.started); err != nil {
+		return err
 	}
 	var err error
 	if res.Queued, err = v.Catalog().PendingDeletes(ctx); err != nil {

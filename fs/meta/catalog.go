@@ -92,7 +92,8 @@ type Catalog struct {
 	commits  atomic.Uint64 // write transactions committed
 	synced   atomic.Uint64 // commits known durable
 
-	repl atomic.Pointer[replicationHolder] // nil: the catalog checkpoints itself
+	repl        atomic.Pointer[replicationHolder] // nil: the catalog checkpoints itself
+	deleteDelay atomic.Int64                      // ns a dropped object waits on the delete queue
 
 	// testHook, when set (internal tests only), runs at every step of a
 	// write transaction; an error aborts the transaction there.

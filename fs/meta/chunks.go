@@ -180,8 +180,8 @@ func (t *Tx) DropChunks(ino uint64, from, to, now int64) (_ int64, err error) {
 		to = 1<<63 - 1
 	}
 	if _, err := t.exec("drop chunks: queue objects", `INSERT INTO deletes (name, enqueued_ns, attempts, not_before_ns)
-		SELECT object_name(object), ?1, 0, ?1 FROM chunks WHERE ino = ?2 AND idx >= ?3 AND idx < ?4 ORDER BY idx
-		ON CONFLICT (name) DO NOTHING`, now, int64(ino), from, to); err != nil {
+		SELECT object_name(object), ?1, 0, ?5 FROM chunks WHERE ino = ?2 AND idx >= ?3 AND idx < ?4 ORDER BY idx
+		ON CONFLICT (name) DO NOTHING`, now, int64(ino), from, to, t.c.deleteDue(now)); err != nil {
 		return 0, err
 	}
 	if err := t.step("drop-queue"); err != nil {
@@ -204,8 +204,30 @@ func (t *Tx) dropChunks(ino uint64, from, now int64) error {
 
 func (t *Tx) queueDelete(name string, now int64) error {
 	_, err := t.exec("queue object for deletion", `INSERT INTO deletes (name, enqueued_ns, attempts, not_before_ns)
-		VALUES (?1, ?2, 0, ?2) ON CONFLICT (name) DO NOTHING`, name, now)
+		VALUES (?1, ?2, 0, ?3) ON CONFLICT (name) DO NOTHING`, name, now, t.c.deleteDue(now))
 	return err
+}
+
+// SetDeleteDelay makes objects dropped from now on (rewritten chunks, truncated or removed
+// files) wait d on the delete queue: the point-in-time window, so that a catalog restored
+// from an older replica still finds its objects. ExpediteDeletes lifts it (shred).
+func (c *Catalog) SetDeleteDelay(d time.Duration) { c.deleteDelay.Store(int64(max(d, 0))) }
+
+// deleteDue is when an object dropped at now may be deleted.
+func (c *Catalog) deleteDue(now int64) int64 { return now + c.deleteDelay.Load() }
+
+// ExpediteDeletes makes every deletion queued at or after since, and not yet tried, due at
+// once (a shred's objects skip the point-in-time window). It returns how many.
+func (c *Catalog) ExpediteDeletes(ctx context.Context, since int64) (int64, error) {
+	return do(c, ctx, "expedite deletes", func(t *Tx) (int64, error) {
+		res, err := t.exec("expedite deletes", `UPDATE deletes SET not_before_ns = enqueued_ns
+			WHERE enqueued_ns >= ? AND not_before_ns > enqueued_ns AND attempts = 0`, since)
+		if err != nil {
+			return 0, err
+		}
+		n, _ := res.RowsAffected()
+		return n, nil
+	})
 }
 
 // EnqueueDelete puts a remote object name on the durable delete queue, due

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"syscall"
 	"testing"
+	"time"
 )
 
 func TestChunks(t *testing.T) {
@@ -203,5 +204,44 @@ func TestUploadQueue(t *testing.T) {
 	}
 	if none, err := c.UploadsOf(ctx, 7); err != nil || len(none) != 0 {
 		t.Fatalf("uploads of inode 7: %+v %v", none, err)
+	}
+}
+
+// With a delete delay (the point-in-time window), objects a rewrite, a truncate or an
+// unlink drops are due only after it; ExpediteDeletes (a shred) makes those queued since a
+// time due at once, and leaves older ones waiting.
+func TestDeleteDelay(t *testing.T) {
+	c := newCatalog(t)
+	const day = int64(24 * 3600 * 1e9)
+	c.SetDeleteDelay(24 * time.Hour)
+	f := mkfile(t, c, RootIno, "f")
+	cs := c.ChunkSize()
+	t0 := now()
+	if _, err := c.SetChunk(ctx, f.Ino, Chunk{Index: 0, Object: obj(1), Length: cs}, cs, t0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.SetChunk(ctx, f.Ino, Chunk{Index: 0, Object: obj(2), Length: cs}, -1, t0+1); err != nil { // drops obj(1)
+		t.Fatal(err)
+	}
+	g := mkfile(t, c, RootIno, "g")
+	if _, err := c.SetChunk(ctx, g.Ino, Chunk{Index: 0, Object: obj(3), Length: cs}, cs, t0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.DropChunks(ctx, g.Ino, 0, -1, t0+2); err != nil { // drops obj(3)
+		t.Fatal(err)
+	}
+	if due, _ := c.NextDeletes(ctx, t0+day-10, 10); len(due) != 0 {
+		t.Fatalf("due inside the delay: %+v", due)
+	}
+	if due, _ := c.NextDeletes(ctx, t0+day+10, 10); len(due) != 2 {
+		t.Fatalf("due after the delay: %+v, want obj 1 and 3", due)
+	}
+	// A shred that started at t0+2 expedites only what was queued since (obj 3).
+	if n, err := c.ExpediteDeletes(ctx, t0+2); err != nil || n != 1 {
+		t.Fatalf("expedite: %d %v", n, err)
+	}
+	due, _ := c.NextDeletes(ctx, t0+3, 10)
+	if len(due) != 1 || due[0].Name != ObjectName(obj(3)) {
+		t.Fatalf("due after expediting: %+v, want only obj 3", due)
 	}
 }

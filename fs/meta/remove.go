@@ -142,8 +142,8 @@ func (t *Tx) Reap(ino uint64, now int64) (_ bool, err error) {
 
 func (t *Tx) reap(ino uint64, now int64) error {
 	if _, err := t.exec("reap: queue objects", `INSERT INTO deletes (name, enqueued_ns, attempts, not_before_ns)
-		SELECT object_name(object), ?1, 0, ?1 FROM chunks WHERE ino = ?2 ORDER BY idx
-		ON CONFLICT (name) DO NOTHING`, now, int64(ino)); err != nil {
+		SELECT object_name(object), ?1, 0, ?3 FROM chunks WHERE ino = ?2 ORDER BY idx
+		ON CONFLICT (name) DO NOTHING`, now, int64(ino), t.c.deleteDue(now)); err != nil {
 		return err
 	}
 	if err := t.step("reap-queue"); err != nil {

@@ -125,6 +125,11 @@ func (v *Volume) startReplica(ctx context.Context, opt OpenOptions, log *slog.Lo
 		return fmt.Errorf("start catalog replication: %w", err)
 	}
 	v.replica = r
+	if opt.PITRWindow > 0 {
+		// Objects outlive the commits that drop them by the window, so a restore --at any
+		// kept time finds its objects (mount sets it; offline commands delete at once).
+		v.catalog.SetDeleteDelay(opt.PITRWindow)
+	}
 	return nil
 }
 

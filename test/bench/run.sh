@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # make bench: coffer side by side with gocryptfs (same disk) and with an rclone crypt mount
-# (same S3 server on 127.0.0.1). Builds coffer, the benchmark driver and rclone (from the pin
-# in go.mod, through the small module in test/bench/rclone), then runs the driver as root.
+# (same S3 server on 127.0.0.1), and the cost of catalog replication (coffer on that S3 server
+# mounted normally vs with --no-replica, paired runs in flipping order). Builds coffer, the
+# benchmark driver and rclone (from the pin in go.mod, through the small module in
+# test/bench/rclone), then runs the driver as root.
 # Knobs (environment): COFFER_BENCH_QUICK=1 (small sizes, 1 run, README untouched),
-# COFFER_BENCH_REPS, COFFER_BENCH_S3_REPS, COFFER_BENCH_SIZE (1G), COFFER_BENCH_MEM_SIZE (10G),
-# COFFER_BENCH_RAND_SECONDS, COFFER_BENCH_FILES, COFFER_BENCH_TREE, COFFER_BENCH_CACHE (256M),
-# COFFER_BENCH_ONLY=local,s3,mem, COFFER_BENCH_DIR (/var/tmp), COFFER_BENCH_KEEP=1.
+# COFFER_BENCH_REPS, COFFER_BENCH_S3_REPS, COFFER_BENCH_REPLICA_REPS (max(REPS, 6)),
+# COFFER_BENCH_SIZE (1G), COFFER_BENCH_MEM_SIZE (10G), COFFER_BENCH_RAND_SECONDS,
+# COFFER_BENCH_FILES, COFFER_BENCH_TREE, COFFER_BENCH_CACHE (256M),
+# COFFER_BENCH_ONLY=local,s3,mem,replica (a run of replica alone rewrites only its README
+# section), COFFER_BENCH_DIR (/var/tmp), COFFER_BENCH_KEEP=1.
 # COFFER_DEBUG_CPUPROFILE=/tmp/coffer-%p.cpu (and _HEAPPROFILE, _MUTEXPROFILE) reach the
 # coffer daemons: one profile per mount (%p = daemon pid), written at unmount.
 set -euo pipefail

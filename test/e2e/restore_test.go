@@ -795,8 +795,9 @@ func TestReplicaLeak(t *testing.T) {
 	}
 }
 
-// TestRestoreAt: `restore --at` a time between two fsynced changes gives the catalog as it
-// was then (the earlier file is there and reads back, the later one is not), and once a KEK
+// TestRestoreAt: `restore --at` a time between two fsynced versions of a file gives the
+// older version (its object outlived the commit that replaced it), and a file created after
+// that time is not there; once a KEK
 // version was destroyed (rotate --retire-old) a time before that is refused, saying why.
 func TestRestoreAt(t *testing.T) {
 	if plainMode {
@@ -809,6 +810,14 @@ func TestRestoreAt(t *testing.T) {
 	time.Sleep(20 * time.Millisecond)
 	between := time.Now()
 	time.Sleep(20 * time.Millisecond)
+	// The second version replaces the first's object, which stays on the remote for the
+	// point-in-time window (the mount's default, 7 days).
+	f, err := os.OpenFile(early, os.O_WRONLY|os.O_TRUNC, 0)
+	must(t, "reopen "+early, err)
+	_, err = f.Write(markedData(40000))
+	must(t, "rewrite "+early, err)
+	must(t, "fsync "+early, f.Sync())
+	must(t, "close "+early, f.Close())
 	writeFile(t, late, markedData(30000), true)
 	if !v.Unmount() {
 		t.FailNow()
@@ -829,7 +838,7 @@ func TestRestoreAt(t *testing.T) {
 	}
 	v.State = first
 	v.Mount()
-	sameBytes(t, "the file fsynced before --at", mustRead(t, early), earlyData)
+	sameBytes(t, "the version fsynced before --at", mustRead(t, early), earlyData)
 	if _, err := os.Lstat(late); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("the file created after --at exists after restore --at: %v", err)
 	}

@@ -15,10 +15,13 @@ import (
 
 // table holds every measured value: vals[row key][target index] = one value per run.
 type table struct {
-	title   string
-	targets []target
-	reps    int
-	vals    map[string][][]float64
+	title             string
+	targets           []target
+	reps              int
+	vals              map[string][][]float64
+	alternate         bool      // the targets' order flipped every run
+	load              []float64 // 1-min load average after each workload group
+	started, finished time.Time
 }
 
 type memResult struct {
@@ -32,6 +35,7 @@ type report struct {
 	entries           int
 	tables            []*table
 	mem               *memResult
+	replica           *table // replica on vs off (its own README section)
 	started, finished time.Time
 }
 
@@ -46,6 +50,8 @@ func (r *report) rows() []row {
 		{key: "lsR", label: "ls -lR, cold, s", unit: "s", goal: 1.0},
 		{key: "rm", label: "rm -rf, s", unit: "s", goal: 1.0},
 		{key: "small", label: fmt.Sprintf("%d files of 1 KiB, s", c.files), unit: "s", goal: 1.0},
+		{key: "fsync50", label: fmt.Sprintf("fsync latency p50 (%d x create, write 4 KiB, fsync, close), ms", fsyncFiles), unit: "ms", latency: true},
+		{key: "fsync99", label: fmt.Sprintf("fsync latency p99 (%d x create, write 4 KiB, fsync, close), ms", fsyncFiles), unit: "ms", latency: true},
 		{key: "rss", label: "daemon peak RSS (VmHWM over the whole table), MiB", unit: "MiB"},
 	}
 }
@@ -116,14 +122,16 @@ func (r *report) tableText(t *table) string {
 			}
 			ratio = fmt.Sprintf("%.2fx", x)
 			want := rw.goal
-			if _, ok := t.targets[1].(*rcloneFS); ok {
+			if _, ok := t.targets[1].(*rcloneFS); ok && want > 0 {
 				want = 2.0
 			}
-			mark := "met"
-			if x < want {
-				mark = "**short**"
+			if want > 0 {
+				mark := "met"
+				if x < want {
+					mark = "**short**"
+				}
+				goal = fmt.Sprintf(">= %.1fx: %s", want, mark)
 			}
-			goal = fmt.Sprintf(">= %.1fx: %s", want, mark)
 		}
 		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s |\n", rw.label, cell(v[0]), cell(v[1]), ratio, goal)
 	}
@@ -169,15 +177,8 @@ func machine() string {
 	return fmt.Sprintf("%d cores (%s)%s%s%s", runtime.NumCPU(), cpu, mem, kernel, fs)
 }
 
-func versions(c *config) string {
-	gv := "gocryptfs ?"
-	if out, err := exec.Command("gocryptfs", "-version").Output(); err == nil {
-		gv = strings.SplitN(strings.TrimSpace(string(out)), ";", 2)[0]
-	}
-	rv := "rclone ?"
-	if out, err := exec.Command(c.rcloneBin, "version").Output(); err == nil {
-		rv = strings.SplitN(string(out), "\n", 2)[0]
-	}
+// cofferVersion is coffer's revision as the tables print it.
+func cofferVersion(c *config) string {
 	cv := "coffer"
 	if c.rev != "" {
 		cv += " " + c.rev
@@ -187,7 +188,19 @@ func versions(c *config) string {
 			cv += " (with uncommitted changes)"
 		}
 	}
-	return cv + ", " + gv + " (Debian), " + rv + " (mount2, built from go.mod's pin)"
+	return cv
+}
+
+func versions(c *config) string {
+	gv := "gocryptfs ?"
+	if out, err := exec.Command("gocryptfs", "-version").Output(); err == nil {
+		gv = strings.SplitN(strings.TrimSpace(string(out)), ";", 2)[0]
+	}
+	rv := "rclone ?"
+	if out, err := exec.Command(c.rcloneBin, "version").Output(); err == nil {
+		rv = strings.SplitN(string(out), "\n", 2)[0]
+	}
+	return cofferVersion(c) + ", " + gv + " (Debian), " + rv + " (mount2, built from go.mod's pin)"
 }
 
 // markdown is the whole block that goes between the README's bench markers.
@@ -221,18 +234,58 @@ func (r *report) markdown() string {
 
 const startMarker, endMarker = "<!-- bench:start -->", "<!-- bench:end -->"
 
-func updateReadme(path, text string) error {
+// The replication table has markers of its own inside the bench block, so that a run of it
+// alone (COFFER_BENCH_ONLY=replica) replaces only its section, and a run without it keeps it.
+const replicaStart, replicaEnd = "<!-- bench:replica:start -->", "<!-- bench:replica:end -->"
+
+// section returns the text of s from start to the end of end (markers included), or "".
+func section(s, start, end string) (string, int, int) {
+	i := strings.Index(s, start)
+	if i < 0 {
+		return "", -1, -1
+	}
+	j := strings.Index(s[i:], end)
+	if j < 0 {
+		return "", -1, -1
+	}
+	return s[i : i+j+len(end)], i, i + j + len(end)
+}
+
+func updateReadme(path string, r *report) error {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return err
 	}
 	s := string(b)
-	block := startMarker + "\n" + text + endMarker
+	var repBlock string
+	if r.replica != nil {
+		repBlock = replicaStart + "\n" + r.replicaText() + replicaEnd
+	}
 	i, j := strings.Index(s, startMarker), strings.Index(s, endMarker)
-	if i >= 0 && j > i {
-		s = s[:i] + block + s[j+len(endMarker):]
-	} else {
-		s = strings.TrimRight(s, "\n") + "\n\n" + block + "\n"
+	switch {
+	case r.replica != nil && len(r.tables) == 0 && r.mem == nil:
+		// The replication table alone: its section only, the rest of the block stays.
+		if _, a, z := section(s, replicaStart, replicaEnd); a >= 0 {
+			s = s[:a] + repBlock + s[z:]
+		} else if i >= 0 && j > i {
+			s = s[:j] + "\n" + repBlock + "\n" + s[j:]
+		} else {
+			s = strings.TrimRight(s, "\n") + "\n\n" + startMarker + "\n" + repBlock + "\n" + endMarker + "\n"
+		}
+	default:
+		if repBlock == "" && i >= 0 && j > i {
+			repBlock, _, _ = section(s[i:j], replicaStart, replicaEnd) // kept from the last run
+		}
+		block := startMarker + "\n" + r.markdown()
+		if repBlock != "" {
+			block += "\n" + repBlock + "\n"
+		}
+		block += endMarker
+		if i >= 0 && j > i {
+			s = s[:i] + block + s[j+len(endMarker):]
+		} else {
+			s = strings.TrimRight(s, "\n") + "\n\n" + block + "\n"
+		}
 	}
 	tmp := filepath.Join(filepath.Dir(path), ".README.bench.tmp")
 	if err := os.WriteFile(tmp, []byte(s), 0o644); err != nil {
@@ -271,4 +324,102 @@ func memoryRow(ctx context.Context, c *config, w *work, m *mounts) (*memResult, 
 	}
 	res.peak = cf.PeakRSS()
 	return res, nil
+}
+
+// pairedRatios is, run by run, on's value over off's (a[k]/b[k]), or off's over on's when
+// invert; runs missing on either side are skipped.
+func pairedRatios(a, b []float64, invert bool) []float64 {
+	var out []float64
+	for k := 0; k < len(a) && k < len(b); k++ {
+		if a[k] == 0 || b[k] == 0 {
+			continue
+		}
+		if invert {
+			out = append(out, b[k]/a[k])
+		} else {
+			out = append(out, a[k]/b[k])
+		}
+	}
+	return out
+}
+
+func ratioCell(v []float64) string {
+	switch len(v) {
+	case 0:
+		return "-"
+	case 1:
+		return fmt.Sprintf("%.2fx", v[0])
+	}
+	return fmt.Sprintf("%.2fx (%.2f–%.2f)", median(v), slices.Min(v), slices.Max(v))
+}
+
+// Goals of the replication table (the issue): every speed row's median paired ratio
+// on/off at least replicaSpeedGoal, the fsync p50's at most replicaFsyncGoal.
+const replicaSpeedGoal, replicaFsyncGoal = 0.9, 2.0
+
+// replicaText renders the replication on/off table: per row the median of the runs on each
+// side, and the median (min–max) over the runs of the paired ratio of run i on to run i off.
+func (r *report) replicaText() string {
+	t, c := r.replica, r.c
+	var b strings.Builder
+	order := "the order stays on off"
+	if t.alternate {
+		order = "the order flips every run (on off, off on, ...)"
+	}
+	fmt.Fprintf(&b, "#### %s (%d runs each, interleaved)\n\n", t.title, t.reps)
+	mode := ""
+	if c.quick {
+		mode = " QUICK mode (small sizes, not comparable)"
+	}
+	load := ""
+	if len(t.load) > 0 {
+		load = fmt.Sprintf("; 1-min load average %.1f–%.1f between workloads", slices.Min(t.load), slices.Max(t.load))
+	}
+	fmt.Fprintf(&b, "Measured%s %s (%.0f min for this table%s) on %s; %s.\n", mode, t.started.Format("2006-01-02 15:04"),
+		t.finished.Sub(t.started).Minutes(), load, machine(), cofferVersion(c))
+	fmt.Fprintf(&b, "Rerun: `COFFER_BENCH_ONLY=replica %s` (as root; also part of a full `%s`; COFFER_BENCH_REPLICA_REPS sets the runs).\n\n", c.cmdLine, c.cmdLine)
+	fmt.Fprintf(&b, "Both sides are coffer over the same S3 server with the settings of the S3 table above\n"+
+		"(`--cache-size %s`, `--disk-cache 4G` emptied before every mount), each on its own volume:\n"+
+		"\"replica on\" is a normal mount, whose every fsync waits until the catalog change it depends on\n"+
+		"is on the remote; \"replica off\" adds `--no-replica`. Run i of one side pairs with run i of the\n"+
+		"other, and %s. The ratio column is the median over the runs\n"+
+		"of the paired ratio, with its min–max: for speed rows speed on/off (MB/s or IOPS of on over off,\n"+
+		"seconds of off over on: below 1 means replication costs; goal >= %.1fx), for the fsync rows\n"+
+		"latency on/off (above 1 means replication costs; goal for the p50 <= %.1fx). The fsync rows:\n"+
+		"each run creates %d new files one after the other (create, write 4 KiB of random bytes, fsync,\n"+
+		"close) and takes the p50 and p99 of their latencies; the cells are the medians over the runs.\n\n",
+		c.cacheSize, order, replicaSpeedGoal, replicaFsyncGoal, fsyncFiles)
+	on, off := t.targets[0].Name(), t.targets[1].Name()
+	fmt.Fprintf(&b, "| workload | %s | %s | on/off, median of paired ratios | goal |\n|---|--:|--:|--:|:--|\n", on, off)
+	for _, rw := range r.rows() {
+		v := t.vals[rw.key]
+		if v == nil {
+			continue
+		}
+		var ratio, goal string
+		switch {
+		case rw.key == "rss":
+			ratio = fmt.Sprintf("%.2fx the memory", median(v[0])/median(v[1]))
+		case rw.latency:
+			x := pairedRatios(v[0], v[1], false)
+			ratio = "latency " + ratioCell(x)
+			if rw.key == "fsync50" {
+				mark := "met"
+				if median(x) > replicaFsyncGoal {
+					mark = "**short**"
+				}
+				goal = fmt.Sprintf("<= %.1fx: %s", replicaFsyncGoal, mark)
+			}
+		default:
+			x := pairedRatios(v[0], v[1], !rw.higher)
+			ratio = "speed " + ratioCell(x)
+			mark := "met"
+			if median(x) < replicaSpeedGoal {
+				mark = "**short**"
+			}
+			goal = fmt.Sprintf(">= %.1fx: %s", replicaSpeedGoal, mark)
+		}
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s |\n", rw.label, cell(v[0]), cell(v[1]), ratio, goal)
+	}
+	return b.String()
 }

@@ -158,6 +158,8 @@ type cofferFS struct {
 	// diskCache is --disk-cache ("" = off). The cache is emptied before every mount, as
 	// rclone's VFS cache is, so cold rows stay cold.
 	diskCache string
+	noReplica bool   // mount with --no-replica (catalog replication off)
+	label     string // the name in tables and logs ("" : name)
 }
 
 func newCoffer(ctx context.Context, w *work, name, remote, tokenLabel, cacheSize string) (*cofferFS, error) {
@@ -180,7 +182,12 @@ func newCoffer(ctx context.Context, w *work, name, remote, tokenLabel, cacheSize
 	return c, nil
 }
 
-func (c *cofferFS) Name() string { return c.name }
+func (c *cofferFS) Name() string {
+	if c.label != "" {
+		return c.label
+	}
+	return c.name
+}
 
 func (c *cofferFS) Mount(ctx context.Context) error {
 	args := []string{"mount", "--state", c.state, "--hsm-pin-file", c.pinFile,
@@ -190,6 +197,9 @@ func (c *cofferFS) Mount(ctx context.Context) error {
 			return err
 		}
 		args = append(args, "--disk-cache", c.diskCache)
+	}
+	if c.noReplica {
+		args = append(args, "--no-replica")
 	}
 	cmd := exec.CommandContext(ctx, c.bin, append(args, c.mnt)...)
 	cmd.Env = childEnv()

@@ -4,10 +4,12 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"time"
 )
 
@@ -15,7 +17,8 @@ import (
 type row struct {
 	key, label, unit string
 	higher           bool    // higher is better (rates); else lower is better (seconds)
-	goal             float64 // the ratio coffer/peer the issue asks for (as a speed-up factor)
+	latency          bool    // a latency (lower is better); the replication table shows it as on/off
+	goal             float64 // the ratio coffer/peer the issue asks for (as a speed-up factor); 0: none
 	note             string
 }
 
@@ -183,4 +186,54 @@ func smallFiles(dir string, n int) (float64, error) {
 		}
 	}
 	return time.Since(start).Seconds(), nil
+}
+
+// fsyncFiles is how many files the fsync-latency row creates per run.
+const fsyncFiles = 200
+
+// fsyncLatency creates n new files in dir, each: create, write 4 KiB of fresh random bytes,
+// fsync, close, timed one by one; returns each file's latency in milliseconds.
+func fsyncLatency(dir string, n int, seed uint64) ([]float64, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	var key [32]byte
+	binary.LittleEndian.PutUint64(key[:], seed)
+	rng := rand.NewChaCha8(key)
+	buf := make([]byte, 4096)
+	lat := make([]float64, 0, n)
+	for i := 0; i < n; i++ {
+		_, _ = rng.Read(buf)
+		path := filepath.Join(dir, fmt.Sprintf("f%04d", i))
+		start := time.Now()
+		f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
+		if err != nil {
+			return nil, err
+		}
+		if _, err := f.Write(buf); err != nil {
+			f.Close()
+			return nil, fmt.Errorf("write %s: %w", path, err)
+		}
+		if err := f.Sync(); err != nil {
+			f.Close()
+			return nil, fmt.Errorf("fsync %s: %w", path, err)
+		}
+		if err := f.Close(); err != nil {
+			return nil, fmt.Errorf("close %s: %w", path, err)
+		}
+		lat = append(lat, float64(time.Since(start).Nanoseconds())/1e6)
+	}
+	return lat, nil
+}
+
+// percentile is the nearest-rank p-th percentile of v (p in (0, 100]): of 200 values the
+// p50 is the 100th smallest, the p99 the 198th.
+func percentile(v []float64, p float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := slices.Clone(v)
+	slices.Sort(s)
+	k := int(math.Ceil(p/100*float64(len(s)))) - 1
+	return s[max(0, min(k, len(s)-1))]
 }
