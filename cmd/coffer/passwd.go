@@ -7,6 +7,7 @@ import (
 
 	"coffer/fs/keyops"
 	"coffer/fs/meta"
+	"coffer/fs/volume"
 )
 
 func init() {
@@ -29,12 +30,15 @@ func cmdPasswd(ctx context.Context, env *cliEnv, args []string) error {
 	if err != nil {
 		return err
 	}
-	cat, err := meta.Open(ctx, dir)
+	// The catalog alone says which provider the volume uses; the volume itself is opened
+	// (remote included) only with the current passphrase, so the change reaches the
+	// catalog's replica (r/keys and the catalog) before passwd reports success.
+	cat, err := meta.OpenReadOnly(ctx, dir)
 	if err != nil {
 		return notMounted(dir, fmt.Errorf("open volume in %s: %w", dir, err))
 	}
-	defer cat.Close()
 	mv, err := cat.Volume(ctx)
+	cat.Close()
 	if err != nil {
 		return err
 	}
@@ -51,8 +55,16 @@ func cmdPasswd(ctx context.Context, env *cliEnv, args []string) error {
 		return err
 	}
 	defer clear(nw)
-	if err := keyops.ChangePassphrase(ctx, cat, old, nw, actor()); err != nil {
+	v, err := volume.Open(ctx, dir, old, volume.OpenOptions{})
+	if err != nil {
+		return notMounted(dir, fmt.Errorf("open volume in %s: %w", dir, err))
+	}
+	if err := keyops.ChangePassphrase(ctx, v.Catalog(), old, nw, actor()); err != nil {
+		v.Close(context.WithoutCancel(ctx))
 		return err
+	}
+	if err := v.Close(ctx); err != nil {
+		return fmt.Errorf("the passphrase is changed, but the change did not reach the remote's replica yet (mount or rerun a command to ship it): %w", err)
 	}
 	fmt.Fprintf(env.stdout, "passphrase of volume %x changed (KEKs re-sealed; files and key records unchanged). "+
 		"An older copy of the catalog still opens with the old passphrase.\n", mv.ID)

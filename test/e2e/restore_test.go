@@ -858,3 +858,36 @@ func TestRestoreAt(t *testing.T) {
 	}
 	emptyOrAbsent(t, "a refused restore --at", second)
 }
+
+// TestRestoreAfterPasswd: a passphrase change reaches the remote's r/keys with the catalog
+// change, so a restore opens with the new passphrase, and the old one is refused as wrong.
+func TestRestoreAfterPasswd(t *testing.T) {
+	if plainMode {
+		t.Skip("needs the coffer daemon")
+	}
+	v := newVolume(t, localRemote, withProvider(passProvider))
+	p := v.P(uniqueName())
+	data := markedData(20000)
+	writeFile(t, p, data, true)
+	if !v.Unmount() {
+		t.FailNow()
+	}
+	newPass := filepath.Join(v.Dir, "new-pass")
+	mustWrite(t, newPass, []byte("a new passphrase, long enough"), 0o600)
+	if r := v.run(time.Minute, "passwd", "--state", v.State, "--passphrase-file", v.PassFile, "--new-passphrase-file", newPass); r.code != 0 {
+		t.Fatalf("passwd: %s", r)
+	}
+	old := v.restore(filepath.Join(v.Dir, "state-old-pass"), v.Remote)
+	oneErrorLine(t, old)
+	if !strings.Contains(old.stderr, "wrong passphrase") {
+		t.Errorf("restore with the passphrase from before passwd: %s", strings.TrimSpace(old.stderr))
+	}
+	state := filepath.Join(v.Dir, "state-new-pass")
+	r := v.restore(state, v.Remote, "--passphrase", "--passphrase-file", newPass)
+	if r.code != 0 {
+		t.Fatalf("restore with the new passphrase: %s", r)
+	}
+	v.State, v.PassFile = state, newPass
+	v.Mount()
+	sameBytes(t, "fsynced file after passwd and restore", mustRead(t, p), data)
+}
