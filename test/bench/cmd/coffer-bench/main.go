@@ -3,8 +3,10 @@
 // (--vfs-cache-mode full) over the same S3 server on 127.0.0.1 (a separate `rclone serve s3`
 // process). Runs are interleaved (A B A B ...), caches are dropped and the daemons remounted
 // where a row is cold. It also checks that coffer's peak RSS stays within its cache cap plus
-// 150 MiB while a large file is written and read back. test/bench/run.sh builds what it needs
-// and runs it; see README.md for the knobs.
+// 150 MiB while a large file is written and read back, and measures what catalog replication
+// costs: coffer over the same S3 server mounted normally against `--no-replica`, every row of
+// the S3 table plus the fsync-latency row, in paired runs whose order flips every run.
+// test/bench/run.sh builds what it needs and runs it; see README.md for the knobs.
 package main
 
 import (
@@ -32,6 +34,7 @@ const softhsmModule = "/usr/lib/softhsm/libsofthsm2.so"
 type config struct {
 	quick                bool
 	reps, s3Reps         int
+	replicaReps          int
 	size, memSize        int64
 	randDur              time.Duration
 	files                int
@@ -106,7 +109,7 @@ func (c *config) fromEnv() error {
 		reps, size, mem, secs, files, tree = 1, 64<<20, 512<<20, 1, 1000, "/usr/local/go/src/net"
 	}
 	var err error
-	var r, r3, s, m, d, f int64
+	var r, r3, rr, s, m, d, f int64
 	if r, err = envInt("COFFER_BENCH_REPS", reps); err != nil {
 		return err
 	}
@@ -114,6 +117,16 @@ func (c *config) fromEnv() error {
 	// twice as long per run (rclone uploads everything after close), so a full `make bench`
 	// takes about 35 minutes on 2 cores. COFFER_BENCH_S3_REPS=3 shortens it.
 	if r3, err = envInt("COFFER_BENCH_S3_REPS", r); err != nil {
+		return err
+	}
+	// The replication on/off table pairs run i of "on" with run i of "off"; its order flips
+	// every run (on off, off on, ...), so an even count balances it. 6 runs take about 20
+	// minutes on 2 cores.
+	defRR := r
+	if !c.quick {
+		defRR = max(r, 6)
+	}
+	if rr, err = envInt("COFFER_BENCH_REPLICA_REPS", defRR); err != nil {
 		return err
 	}
 	if s, err = envInt("COFFER_BENCH_SIZE", size); err != nil {
@@ -128,7 +141,8 @@ func (c *config) fromEnv() error {
 	if f, err = envInt("COFFER_BENCH_FILES", files); err != nil {
 		return err
 	}
-	c.reps, c.s3Reps, c.size, c.memSize, c.randDur, c.files = int(r), int(r3), s, m, time.Duration(d)*time.Second, int(f)
+	c.reps, c.s3Reps, c.replicaReps = int(r), int(r3), int(rr)
+	c.size, c.memSize, c.randDur, c.files = s, m, time.Duration(d)*time.Second, int(f)
 	if c.size < 1<<20 || c.size%(1<<20) != 0 || c.memSize%(1<<20) != 0 {
 		return fmt.Errorf("COFFER_BENCH_SIZE and COFFER_BENCH_MEM_SIZE must be whole MiB")
 	}
@@ -136,7 +150,7 @@ func (c *config) fromEnv() error {
 	if v := os.Getenv("COFFER_BENCH_TREE"); v != "" {
 		c.tree = v
 	}
-	c.only = map[string]bool{"local": true, "s3": true, "mem": true}
+	c.only = map[string]bool{"local": true, "s3": true, "mem": true, "replica": true}
 	if v := os.Getenv("COFFER_BENCH_ONLY"); v != "" {
 		c.only = map[string]bool{}
 		for _, p := range strings.Split(v, ",") {
@@ -364,7 +378,11 @@ func run(ctx context.Context, c *config) error {
 	if os.Geteuid() != 0 {
 		return errors.New("run as root (it mounts FUSE filesystems and drops the page cache)")
 	}
-	for _, tool := range []string{"gocryptfs", "fusermount3", "softhsm2-util", "tar", "ls", "rm"} {
+	tools := []string{"fusermount3", "softhsm2-util", "tar", "ls", "rm"}
+	if c.only["local"] {
+		tools = append(tools, "gocryptfs")
+	}
+	for _, tool := range tools {
 		if _, err := exec.LookPath(tool); err != nil {
 			return fmt.Errorf("%s not found: make bench installs it (COFFER_BENCH=1 test/deps.sh)", tool)
 		}
@@ -408,7 +426,7 @@ func run(ctx context.Context, c *config) error {
 		if err != nil {
 			return err
 		}
-		tab, err := runTable(ctx, c, m, c.reps, []target{cf, g})
+		tab, err := runTable(ctx, c, m, c.reps, []target{cf, g}, false)
 		if err != nil {
 			return err
 		}
@@ -416,13 +434,28 @@ func run(ctx context.Context, c *config) error {
 		rep.tables = append(rep.tables, tab)
 		fmt.Println(rep.tableText(tab))
 	}
+	// One S3 server for the S3 table and the replication table, started on first use.
+	var srv *s3Server
+	defer func() {
+		if srv != nil {
+			srv.stop()
+		}
+	}()
+	s3remote := func(path string) (string, error) {
+		if srv == nil {
+			s, err := startS3(ctx, w)
+			if err != nil {
+				return "", err
+			}
+			srv = s
+		}
+		return fmt.Sprintf(":s3,provider=Rclone,endpoint='%s':bkt-coffer/%s", srv.endpoint(), path), nil
+	}
 	if c.only["s3"] {
-		srv, err := startS3(ctx, w)
+		remote, err := s3remote("vol")
 		if err != nil {
 			return err
 		}
-		defer srv.stop()
-		remote := fmt.Sprintf(":s3,provider=Rclone,endpoint='%s':bkt-coffer/vol", srv.endpoint())
 		cf, err := newCoffer(ctx, w, "coffer-s3", remote, "bench-s3", c.cacheSize)
 		if err != nil {
 			return err
@@ -432,7 +465,7 @@ func run(ctx context.Context, c *config) error {
 		if err != nil {
 			return err
 		}
-		tab, err := runTable(ctx, c, m, c.s3Reps, []target{cf, rc})
+		tab, err := runTable(ctx, c, m, c.s3Reps, []target{cf, rc}, false)
 		if err != nil {
 			fmt.Println(rep.markdown())
 			return err
@@ -450,11 +483,39 @@ func run(ctx context.Context, c *config) error {
 		rep.mem = mr
 		fmt.Println(rep.memText())
 	}
+	if c.only["replica"] {
+		// The same volume settings as coffer in the S3 table; "off" only adds --no-replica.
+		var ts []target
+		for _, v := range []struct {
+			name string
+			off  bool
+		}{{"replica on", false}, {"replica off", true}} {
+			slug := strings.ReplaceAll(v.name, " ", "-")
+			remote, err := s3remote(slug)
+			if err != nil {
+				return err
+			}
+			cf, err := newCoffer(ctx, w, "coffer-"+slug, remote, "bench-"+slug, c.cacheSize)
+			if err != nil {
+				return err
+			}
+			cf.label, cf.diskCache, cf.noReplica = v.name, "4G", v.off
+			ts = append(ts, cf)
+		}
+		tab, err := runTable(ctx, c, m, c.replicaReps, ts, true)
+		if err != nil {
+			fmt.Println(rep.markdown())
+			return err
+		}
+		tab.title = "Cost of catalog replication: coffer mounted normally vs `--no-replica`, same S3 server on 127.0.0.1"
+		rep.replica = tab
+		fmt.Println(rep.replicaText())
+	}
 	rep.finished = time.Now()
 	text := rep.markdown()
 	fmt.Println(text)
 	if c.readme != "" {
-		if err := updateReadme(c.readme, text); err != nil {
+		if err := updateReadme(c.readme, rep); err != nil {
 			return err
 		}
 		slog.Info("tables written", "file", c.readme)
@@ -468,9 +529,12 @@ func countEntries(dir string) (int, error) {
 	return n, err
 }
 
-// runTable runs every workload on each target, interleaved, reps times.
-func runTable(ctx context.Context, c *config, m *mounts, reps int, ts []target) (*table, error) {
-	tab := &table{targets: ts, reps: reps, vals: map[string][][]float64{}}
+// runTable runs every workload on each target, interleaved, reps times. With alternate the
+// order of the targets flips every run (A B, B A, A B, ...), so neither side always runs
+// first after the other's writes; else it stays A B A B.
+func runTable(ctx context.Context, c *config, m *mounts, reps int, ts []target, alternate bool) (*table, error) {
+	tab := &table{targets: ts, reps: reps, vals: map[string][][]float64{}, alternate: alternate, started: time.Now()}
+	defer func() { tab.finished = time.Now() }()
 	add := func(i int, key string, v float64) {
 		if tab.vals[key] == nil {
 			tab.vals[key] = make([][]float64, len(ts))
@@ -485,10 +549,18 @@ func runTable(ctx context.Context, c *config, m *mounts, reps int, ts []target) 
 	groups := []struct {
 		name string
 		fn   func(context.Context, *config, *mounts, target, string, func(string, float64)) error
-	}{{"sequential and random I/O", ioGroup}, {"source tree", treeGroup}, {"small files", smallGroup}}
+	}{{"sequential and random I/O", ioGroup}, {"source tree", treeGroup}, {"small files", smallGroup}, {"fsync latency", fsyncGroup}}
 	for r := 0; r < reps; r++ {
+		order := make([]int, len(ts))
+		for i := range order {
+			order[i] = i
+			if alternate && r%2 == 1 {
+				order[i] = len(ts) - 1 - i
+			}
+		}
 		for _, g := range groups {
-			for i, t := range ts {
+			for _, i := range order {
+				t := ts[i]
 				if err := ctx.Err(); err != nil {
 					return nil, err
 				}
@@ -498,6 +570,9 @@ func runTable(ctx context.Context, c *config, m *mounts, reps int, ts []target) 
 				err := g.fn(ctx, c, m, t, strconv.Itoa(r+1), func(k string, v float64) { add(i, k, v) })
 				if err != nil {
 					return nil, fmt.Errorf("%s on %s (run %d): %w", g.name, t.Name(), r+1, err)
+				}
+				if l := loadAvg(); l >= 0 {
+					tab.load = append(tab.load, l)
 				}
 				slog.Info("done", "run", r+1, "workload", g.name, "target", t.Name(), "seconds", fmt.Sprintf("%.1f", time.Since(start).Seconds()))
 			}
@@ -573,6 +648,37 @@ func smallGroup(ctx context.Context, c *config, m *mounts, t target, run string,
 	}
 	add("small", v)
 	return os.RemoveAll(dir)
+}
+
+// fsyncGroup: fsyncFiles x (create, write 4 KiB, fsync, close); the p50 and p99 of the
+// latencies of one run are that run's values.
+func fsyncGroup(ctx context.Context, c *config, m *mounts, t target, run string, add func(string, float64)) error {
+	dir := filepath.Join(t.Dir(), "fsync-"+run)
+	n, _ := strconv.ParseUint(run, 10, 64)
+	lat, err := fsyncLatency(dir, fsyncFiles, n)
+	if err != nil {
+		return err
+	}
+	add("fsync50", percentile(lat, 50))
+	add("fsync99", percentile(lat, 99))
+	return os.RemoveAll(dir)
+}
+
+// loadAvg is the 1-minute load average (-1 if unknown).
+func loadAvg() float64 {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return -1
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return -1
+	}
+	v, err := strconv.ParseFloat(f[0], 64)
+	if err != nil {
+		return -1
+	}
+	return v
 }
 
 // tarballPath: the tarball sits next to the scratch folders of the targets.
