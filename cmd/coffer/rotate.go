@@ -90,6 +90,14 @@ func openOffline(ctx context.Context, env *cliEnv, f offlineFlags) (*volume.Volu
 	return v, nil
 }
 
+// closeOffline closes a volume an offline command opened; a failure to ship the catalog's
+// last changes to the remote's replica fails the command (it says so).
+func closeOffline(ctx context.Context, v *volume.Volume, err *error) {
+	if cerr := v.Close(context.WithoutCancel(ctx)); cerr != nil && *err == nil {
+		*err = fmt.Errorf("done, but the catalog change did not reach the remote's replica (the next mount or key command ships it): %w", cerr)
+	}
+}
+
 func actor() string { return "uid:" + strconv.Itoa(os.Getuid()) }
 
 func isTerminal(w io.Writer) bool {
@@ -144,7 +152,7 @@ func rotateOptions(env *cliEnv, what string) (keyops.RotateOptions, *progressPri
 	return opt, pp
 }
 
-func cmdRotate(ctx context.Context, env *cliEnv, args []string) error {
+func cmdRotate(ctx context.Context, env *cliEnv, args []string) (err error) {
 	fl := flag.NewFlagSet("rotate", flag.ContinueOnError)
 	of := addOfflineFlags(fl)
 	retire := fl.Bool("retire-old", false, "destroy the older KEK versions once no file key uses them")
@@ -165,7 +173,7 @@ func cmdRotate(ctx context.Context, env *cliEnv, args []string) error {
 	if err != nil {
 		return err
 	}
-	defer v.Close(context.WithoutCancel(ctx))
+	defer closeOffline(ctx, v, &err)
 	opt, pp := rotateOptions(env, "rotate")
 	opt.RetireOld = *retire
 	res, err := keyops.Rotate(ctx, v, opt)

@@ -22,7 +22,7 @@ func init() {
 	commands["shred"] = command{"shred --state DIR (PATH... | --user UID | --volume [--yes]) [--now]", cmdShred}
 }
 
-func cmdShred(ctx context.Context, env *cliEnv, args []string) error {
+func cmdShred(ctx context.Context, env *cliEnv, args []string) (err error) {
 	fl := flag.NewFlagSet("shred", flag.ContinueOnError)
 	of := addOfflineFlags(fl)
 	now := fl.Bool("now", false, "make the shred final at once: rotate, re-wrap every other file and destroy the old KEK versions (wrap mode)")
@@ -80,7 +80,7 @@ func cmdShred(ctx context.Context, env *cliEnv, args []string) error {
 	if err != nil {
 		return err
 	}
-	defer v.Close(context.WithoutCancel(ctx))
+	defer closeOffline(ctx, v, &err)
 	if *now && v.KeyMode != keys.ModeWrap {
 		return keyops.DeriveNowError(v)
 	}

@@ -5,7 +5,7 @@
 # benchmark driver and rclone (from the pin in go.mod, through the small module in
 # test/bench/rclone), then runs the driver as root.
 # Knobs (environment): COFFER_BENCH_QUICK=1 (small sizes, 1 run, README untouched),
-# COFFER_BENCH_REPS, COFFER_BENCH_S3_REPS, COFFER_BENCH_REPLICA_REPS (max(REPS, 6)),
+# COFFER_BENCH_REPS, COFFER_BENCH_S3_REPS, COFFER_BENCH_REPLICA_REPS (REPS, rounded up to even),
 # COFFER_BENCH_SIZE (1G), COFFER_BENCH_MEM_SIZE (10G), COFFER_BENCH_RAND_SECONDS,
 # COFFER_BENCH_FILES, COFFER_BENCH_TREE, COFFER_BENCH_CACHE (256M),
 # COFFER_BENCH_ONLY=local,s3,mem,replica (a run of replica alone rewrites only its README

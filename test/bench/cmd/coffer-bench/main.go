@@ -120,11 +120,11 @@ func (c *config) fromEnv() error {
 		return err
 	}
 	// The replication on/off table pairs run i of "on" with run i of "off"; its order flips
-	// every run (on off, off on, ...), so an even count balances it. 6 runs take about 20
-	// minutes on 2 cores.
+	// every run (on off, off on, ...), so its default is REPS rounded up to an even count
+	// (6: about 25-30 minutes on 2 cores; 4 runs take about 20).
 	defRR := r
-	if !c.quick {
-		defRR = max(r, 6)
+	if !c.quick && r%2 == 1 {
+		defRR = r + 1
 	}
 	if rr, err = envInt("COFFER_BENCH_REPLICA_REPS", defRR); err != nil {
 		return err
