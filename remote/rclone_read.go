@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"time"
 
 	"github.com/rclone/rclone/fs"
 	"github.com/rclone/rclone/fs/fspath"
@@ -211,4 +212,29 @@ func openErr(ctx context.Context, err error) error {
 		return newShort("range past the end of the object (HTTP 416)")
 	}
 	return ctxErr(ctx, err)
+}
+
+// ModTimer is implemented by stores that know when an object was written (fsck uses it
+// to tell an orphan from an upload whose catalog commit is still to come).
+type ModTimer interface {
+	ModTime(ctx context.Context, name string) (time.Time, error)
+}
+
+// ModTime is when the object name was last written, as the backend reports it.
+func (s *rcloneStore) ModTime(ctx context.Context, name string) (time.Time, error) {
+	if err := ValidName(name); err != nil {
+		return time.Time{}, fmt.Errorf("remote: modtime %s: %w", name, err)
+	}
+	var t time.Time
+	err := s.run(ctx, func(ctx context.Context) error {
+		o, err := s.newObject(ctx, name)
+		if err == nil {
+			t = o.ModTime(ctx)
+		}
+		return err
+	}, nil)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("remote: modtime %s: %w", name, err)
+	}
+	return t, nil
 }

@@ -174,3 +174,18 @@ func (r *retryStore) List(ctx context.Context, prefix string, fn func(name strin
 		return err
 	})
 }
+
+// ModTime forwards to the store below if it knows write times (ModTimer).
+func (r *retryStore) ModTime(ctx context.Context, name string) (time.Time, error) {
+	mt, ok := r.s.(ModTimer)
+	if !ok {
+		return time.Time{}, fmt.Errorf("remote: %s does not report write times", r.s)
+	}
+	var t time.Time
+	err := r.do(ctx, "modtime", name, func() error {
+		var err error
+		t, err = mt.ModTime(ctx, name)
+		return err
+	})
+	return t, err
+}

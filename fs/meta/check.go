@@ -223,3 +223,73 @@ func (c *Catalog) Check(ctx context.Context) ([]Problem, error) {
 	}
 	return out, nil
 }
+
+// EachChunk calls fn for every chunk row, in inode and index order, from one consistent
+// snapshot (fsck).
+func (c *Catalog) EachChunk(ctx context.Context, fn func(ino uint64, ch Chunk) error) error {
+	tx, err := c.r.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+	if err != nil {
+		return wrapSQL("list chunks", err)
+	}
+	defer tx.Rollback()
+	rows, err := tx.QueryContext(ctx, `SELECT ino, idx, object, length, key_version FROM chunks ORDER BY ino, idx`)
+	if err != nil {
+		return wrapSQL("list chunks", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var ino int64
+		var ch Chunk
+		var obj []byte
+		if err := rows.Scan(&ino, &ch.Index, &obj, &ch.Length, &ch.KeyVersion); err != nil {
+			return wrapSQL("list chunks", err)
+		}
+		copy(ch.Object[:], obj)
+		if err := fn(uint64(ino), ch); err != nil {
+			return err
+		}
+	}
+	return wrapSQL("list chunks", rows.Err())
+}
+
+// QueuedDeletes returns every name on the delete queue (fsck: those are not orphans).
+func (c *Catalog) QueuedDeletes(ctx context.Context) (map[string]bool, error) {
+	rows, err := c.r.QueryContext(ctx, `SELECT name FROM deletes`)
+	if err != nil {
+		return nil, wrapSQL("read delete queue", err)
+	}
+	defer rows.Close()
+	out := map[string]bool{}
+	for rows.Next() {
+		var n string
+		if err := rows.Scan(&n); err != nil {
+			return nil, wrapSQL("read delete queue", err)
+		}
+		out[n] = true
+	}
+	return out, wrapSQL("read delete queue", rows.Err())
+}
+
+// RegularFiles returns every regular file's inode number and size, and their total size
+// (fsck --full reads them all).
+func (c *Catalog) RegularFiles(ctx context.Context) ([]Inode, int64, error) {
+	rows, err := c.r.QueryContext(ctx, `SELECT ino, size FROM inodes WHERE (mode & ?) = ? ORDER BY ino`,
+		syscall.S_IFMT, syscall.S_IFREG)
+	if err != nil {
+		return nil, 0, wrapSQL("list regular files", err)
+	}
+	defer rows.Close()
+	var out []Inode
+	var total int64
+	for rows.Next() {
+		var in Inode
+		var ino int64
+		if err := rows.Scan(&ino, &in.Size); err != nil {
+			return nil, 0, wrapSQL("list regular files", err)
+		}
+		in.Ino = uint64(ino)
+		total += in.Size
+		out = append(out, in)
+	}
+	return out, total, wrapSQL("list regular files", rows.Err())
+}

@@ -154,3 +154,41 @@ func (r *Replicator) snapInfo(ctx context.Context, l *listing, p uint64) (snapIn
 }
 
 func isNotFound(err error) bool { return errors.Is(err, remote.ErrNotFound) }
+
+// Holes lists the delta names missing from epoch's replica between its newest snapshot
+// and its newest position (fsck). A replica that simply ends early (the tail a crash
+// leaves) has none: nothing records how far it went.
+func Holes(ctx context.Context, store remote.Store, epoch uint32) ([]string, error) {
+	l, err := list(ctx, store, epoch)
+	if err != nil {
+		return nil, err
+	}
+	var base uint64
+	found := false
+	for p, parts := range l.snaps {
+		if _, ok := parts[0]; ok && (!found || p > base) {
+			base, found = p, true
+		}
+	}
+	if !found {
+		if len(l.deltas) == 0 {
+			return nil, nil
+		}
+		first := l.maxP
+		for p := range l.deltas {
+			first = min(first, p)
+		}
+		return []string{Name(format.ReplicaHeader{Kind: format.ReplicaSnapshot, Epoch: epoch, Position: first - 1})}, nil
+	}
+	var out []string
+	for p := base + 1; p <= l.maxP; p++ {
+		if _, ok := l.deltas[p]; ok {
+			continue
+		}
+		if _, ok := l.snaps[p]; ok {
+			continue
+		}
+		out = append(out, Name(format.ReplicaHeader{Kind: format.ReplicaDelta, Epoch: epoch, Position: p}))
+	}
+	return out, nil
+}

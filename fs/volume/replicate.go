@@ -229,9 +229,9 @@ func readKeysObject(ctx context.Context, store remote.Store, id [16]byte) (param
 	return params, materials, nil
 }
 
-// pathOf names inode ino by one of its paths, for messages ("?" parts where the
+// PathOf names inode ino by one of its paths, for messages ("?" parts where the
 // catalog has no link).
-func pathOf(ctx context.Context, cat *meta.Catalog, ino uint64) string {
+func PathOf(ctx context.Context, cat *meta.Catalog, ino uint64) string {
 	var parts []string
 	for i := 0; ino != meta.RootIno && i < 4096; i++ {
 		ls, err := cat.Links(ctx, ino)

@@ -181,7 +181,7 @@ func Restore(ctx context.Context, cfg RestoreConfig) (sum RestoreSummary, err er
 	for _, u := range ups {
 		if !seen[u.Ino] {
 			seen[u.Ino] = true
-			sum.Unuploaded = append(sum.Unuploaded, pathOf(ctx, cat, u.Ino))
+			sum.Unuploaded = append(sum.Unuploaded, PathOf(ctx, cat, u.Ino))
 		}
 	}
 	sort.Strings(sum.Unuploaded)
