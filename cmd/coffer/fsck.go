@@ -2,11 +2,13 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"time"
 
+	"coffer/fs/control"
 	"coffer/fs/fsck"
 	"coffer/fs/keyops"
 	"coffer/fs/replica"
@@ -32,34 +34,58 @@ func cmdFsck(ctx context.Context, env *cliEnv, args []string) (err error) {
 	if len(pos) > 0 {
 		return usageError{fmt.Sprintf("unexpected argument %q", pos[0])}
 	}
-	if mnt, err := liveMountpoint(ctx, of.state); err != nil {
-		return err
-	} else if mnt != "" {
-		return fmt.Errorf("the volume is mounted on %s: unmount it first (fsck through the daemon is not built yet)", mnt)
-	}
-	v, err := openOffline(ctx, env, of)
-	if err != nil {
-		return err
-	}
-	defer closeOffline(ctx, v, &err)
-	opt := fsck.Options{Full: *full, Repair: *repair, Window: *window}
+	var progress func(keyops.Progress)
 	var pp *progressPrinter
 	if *full && isTerminal(env.stderr) {
 		pp = &progressPrinter{w: env.stderr, what: "fsck --full"}
 		start := time.Now()
-		opt.Progress = func(done, total int64) {
-			pp.update(keyops.Progress{Done: done, Total: total, Elapsed: time.Since(start), Unit: "bytes"})
+		progress = func(p keyops.Progress) {
+			p.Elapsed = time.Since(start)
+			pp.update(p)
 		}
 	}
-	r, err := fsck.Check(ctx, v, opt)
-	if pp != nil {
-		pp.end()
-	}
-	if err != nil {
+	var r *fsck.Report
+	var id string
+	// A mounted volume is checked by its daemon (the only writer of its catalog).
+	if mnt, err := liveMountpoint(ctx, of.state); err != nil {
 		return err
+	} else if mnt != "" {
+		rep, err := control.Stream(ctx, mnt, control.Request{Op: "fsck", Full: *full, Repair: *repair, Window: *window}, progress)
+		if pp != nil {
+			pp.end()
+		}
+		if err != nil {
+			return err
+		}
+		if err := json.Unmarshal(rep.Result, &r); err != nil || r == nil {
+			return fmt.Errorf("the daemon's fsck result: %v", err)
+		}
+		st, _, err := control.GetStatus(ctx, mnt, 30*time.Second)
+		if err != nil {
+			return err
+		}
+		id = st.Volume
+	} else {
+		v, err := openOffline(ctx, env, of)
+		if err != nil {
+			return err
+		}
+		defer closeOffline(ctx, v, &err)
+		opt := fsck.Options{Full: *full, Repair: *repair, Window: *window}
+		if progress != nil {
+			opt.Progress = func(done, total int64) { progress(keyops.Progress{Done: done, Total: total, Unit: "bytes"}) }
+		}
+		r, err = fsck.Check(ctx, v, opt)
+		if pp != nil {
+			pp.end()
+		}
+		if err != nil {
+			return err
+		}
+		id = v.IDString()
 	}
 	w := env.stdout
-	fmt.Fprintf(w, "fsck of volume %s: %d chunk objects named by the catalog\n", v.IDString(), r.Objects)
+	fmt.Fprintf(w, "fsck of volume %s: %d chunk objects named by the catalog\n", id, r.Objects)
 	for _, p := range r.Catalog {
 		fmt.Fprintf(w, "  catalog: inode %d: %s\n", p.Ino, p.Detail)
 	}
@@ -89,12 +115,14 @@ func cmdFsck(ctx context.Context, env *cliEnv, args []string) (err error) {
 	}
 	if r.Dropped > 0 {
 		fmt.Fprintf(w, "  repaired: dropped %d chunks whose objects are missing (those bytes now read as zeros)\n", r.Dropped)
+	} else if *repair && len(r.Missing) > 0 {
+		fmt.Fprintln(w, "  the chunks of missing objects stay while the volume is mounted: unmount and run fsck --repair again to drop them")
 	}
 	if r.Clean() {
 		fmt.Fprintln(w, "clean")
 		return nil
 	}
-	if *repair && len(r.Catalog) == 0 && len(r.Corrupt) == 0 && len(r.ReplicaHoles) == 0 {
+	if *repair && len(r.Catalog) == 0 && len(r.Corrupt) == 0 && len(r.ReplicaHoles) == 0 && r.Dropped == len(r.Missing) {
 		fmt.Fprintln(w, "repaired")
 		return nil
 	}

@@ -35,7 +35,7 @@ import (
 
 // Request is one request line.
 type Request struct {
-	Op string `json:"op"` // "status" | "unmount" | "lock" | "unlock" | "rotate" | "shred"
+	Op string `json:"op"` // "status" | "unmount" | "lock" | "unlock" | "rotate" | "shred" | "fsck"
 
 	// rotate and shred
 	RetireOld bool     `json:"retire_old,omitempty"`
@@ -43,6 +43,11 @@ type Request struct {
 	User      *uint32  `json:"user,omitempty"`  // shred --user
 	Volume    bool     `json:"volume,omitempty"`
 	Now       bool     `json:"now,omitempty"`
+
+	// fsck
+	Full   bool          `json:"full,omitempty"`
+	Repair bool          `json:"repair,omitempty"`
+	Window time.Duration `json:"window,omitempty"`
 }
 
 // MaxRequest bounds a request line (a shred may name many paths).

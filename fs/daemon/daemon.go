@@ -187,7 +187,7 @@ func Run(parent context.Context, mc Config, secret []byte, ready func(error)) (e
 		log.Warn("unlocked")
 		return nil
 	}
-	live := newLiveKeyOps(v, fsys, mc.Mountpoint, log) // rotate and shred while mounted
+	live := newLiveKeyOps(v, fsys, data, mc.Mountpoint, log) // rotate, shred and fsck while mounted
 	ctl.keyop = live.serve
 	go ctl.serve()
 

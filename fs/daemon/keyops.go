@@ -1,6 +1,8 @@
 package daemon
 
 import (
+	"coffer/fs/content"
+	"coffer/fs/fsck"
 	"context"
 	"encoding/json"
 	"errors"
@@ -31,6 +33,7 @@ import (
 
 // liveKeyOps runs key operations inside the daemon.
 type liveKeyOps struct {
+	data *content.DataPath // fsck --full reads through it
 	v    *volume.Volume
 	fsys keyops.LiveFS
 	mnt  string
@@ -44,9 +47,9 @@ type liveKeyOps struct {
 	closed bool
 }
 
-func newLiveKeyOps(v *volume.Volume, fsys keyops.LiveFS, mountpoint string, log *slog.Logger) *liveKeyOps {
+func newLiveKeyOps(v *volume.Volume, fsys keyops.LiveFS, data *content.DataPath, mountpoint string, log *slog.Logger) *liveKeyOps {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &liveKeyOps{v: v, fsys: fsys, mnt: mountpoint, log: log,
+	return &liveKeyOps{v: v, fsys: fsys, data: data, mnt: mountpoint, log: log,
 		sem: make(chan struct{}, 1), ctx: ctx, cancel: cancel}
 }
 
@@ -177,6 +180,13 @@ func (l *liveKeyOps) serve(c *net.UnixConn, uid int, req control.Request) {
 	case "shred":
 		var res *control.ShredReply
 		res, err = l.shred(ctx, actor, req, w.progress)
+		if res != nil {
+			result = res
+		}
+	case "fsck":
+		var res *fsck.Report
+		res, err = fsck.Check(ctx, l.v, fsck.Options{Full: req.Full, Repair: req.Repair, Window: req.Window, Data: l.data,
+			Logger: l.log, Progress: func(done, total int64) { w.progress(keyops.Progress{Done: done, Total: total, Unit: "bytes"}) }})
 		if res != nil {
 			result = res
 		}

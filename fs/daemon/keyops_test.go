@@ -36,7 +36,7 @@ func TestLiveKeyOpsRefusals(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { v.Close(ctx) })
-		return newLiveKeyOps(v, nil, "/mnt/x", nil)
+		return newLiveKeyOps(v, nil, nil, "/mnt/x", nil)
 	}
 	d := open(keys.ModeDerive)
 	if _, err := d.rotate(ctx, "uid:0", false, nil); !errors.Is(err, keyops.ErrDeriveLive) {
@@ -101,7 +101,7 @@ func TestLiveShredReplyFinality(t *testing.T) {
 	if _, err := v.Catalog().CreateFile(ctx, meta.RootIno, []byte("a"), meta.Inode{Mode: 0o100644, Ctime: 1, FileID: fid}, &kr); err != nil {
 		t.Fatal(err)
 	}
-	l := newLiveKeyOps(v, noLive{}, "/mnt/x", nil)
+	l := newLiveKeyOps(v, noLive{}, nil, "/mnt/x", nil)
 	res, err := l.shred(ctx, "uid:0", control.Request{Op: "shred", Paths: []string{"/mnt/x/a"}, Now: true}, nil)
 	if err != nil {
 		t.Fatal(err)

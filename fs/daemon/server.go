@@ -159,7 +159,7 @@ func (s *server) handle(c *net.UnixConn) {
 			return
 		}
 		reply(control.Reply{OK: true, Took: took.String()})
-	case "rotate", "shred":
+	case "rotate", "shred", "fsck":
 		if s.keyop == nil {
 			reply(control.Reply{Error: "this daemon cannot run key operations"})
 			return

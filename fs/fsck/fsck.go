@@ -27,8 +27,12 @@ type Options struct {
 	// max(MinOrphanAge, Window) may be an upload whose commit is still to come, or kept for
 	// a restore --at, and is not an orphan yet.
 	Window     time.Duration
-	StagingDir string // for Full (default STATE/staging)
-	Logger     *slog.Logger
+	StagingDir string // for Full offline (default STATE/staging)
+	// Data is a mounted volume's data path: Full reads through it (a second data path on
+	// the same staging folder would not do), and Repair leaves missing objects' chunk rows
+	// alone (open files hold them in memory): unmount to drop them.
+	Data   *content.DataPath
+	Logger *slog.Logger
 	// Progress, if set, is called during Full with bytes read so far and the total.
 	Progress func(done, total int64)
 }
@@ -181,6 +185,9 @@ func Check(ctx context.Context, v *volume.Volume, opt Options) (*Report, error) 
 			r.Orphans[i].Repaired = true
 		}
 		for _, m := range missing {
+			if opt.Data != nil {
+				break // mounted: see Options.Data
+			}
 			if _, err := cat.DropChunks(ctx, m.ino, m.ch.Index, m.ch.Index+1, now); err != nil {
 				return nil, fmt.Errorf("drop the chunk row of missing object %s: %w", meta.ObjectName(m.ch.Object), err)
 			}
@@ -197,15 +204,18 @@ func Check(ctx context.Context, v *volume.Volume, opt Options) (*Report, error) 
 // readAll reads every regular file whole through the data path, which authenticates
 // every block it reads.
 func readAll(ctx context.Context, v *volume.Volume, opt Options, r *Report) error {
-	dir := opt.StagingDir
-	if dir == "" {
-		dir = volume.StagingDir(v.StateDir)
+	dp := opt.Data
+	if dp == nil {
+		dir := opt.StagingDir
+		if dir == "" {
+			dir = volume.StagingDir(v.StateDir)
+		}
+		var err error
+		if dp, err = content.New(v, content.Options{StagingDir: dir, CacheBytes: 8 << 20, Logger: opt.Logger}); err != nil {
+			return err
+		}
+		defer dp.Close(context.WithoutCancel(ctx))
 	}
-	dp, err := content.New(v, content.Options{StagingDir: dir, CacheBytes: 8 << 20, Logger: opt.Logger})
-	if err != nil {
-		return err
-	}
-	defer dp.Close(context.WithoutCancel(ctx))
 	files, total, err := v.Catalog().RegularFiles(ctx)
 	if err != nil {
 		return err

@@ -93,4 +93,13 @@ func TestFsck(t *testing.T) {
 	if got, err := os.ReadFile(c); err != nil || len(got) != 50000 || !isZero(got) {
 		t.Errorf("the repaired file (its only object was lost) reads %d bytes, zero %v, err %v; want 50000 zero bytes", len(got), isZero(got), err)
 	}
+
+	// On the mounted volume the daemon runs it, reading through its own data path.
+	if r := fsck("--full"); r.code != 0 || !strings.Contains(r.stdout, "\nclean\n") || !strings.Contains(r.stdout, "read and authenticated 150000 bytes") {
+		t.Errorf("fsck --full of the mounted volume: %s", r)
+	}
+	must(t, "delete object", os.Remove(v.objectPath(v.objectsOf(t, inode(a))[0])))
+	if r := fsck(); r.code != 1 || !strings.Contains(r.stdout, "missing: /"+filepath.Base(a)) {
+		t.Errorf("fsck of the mounted volume with %s's object deleted: %s", filepath.Base(a), r)
+	}
 }
