@@ -1,6 +1,11 @@
 package e2e
 
 import (
+	"bytes"
+	"coffer/fs/volume"
+	"coffer/keys"
+	"coffer/keys/hsm"
+	"context"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -8,6 +13,7 @@ import (
 	"io/fs"
 	"math/rand/v2"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -890,4 +896,48 @@ func TestRestoreAfterPasswd(t *testing.T) {
 	v.State, v.PassFile = state, newPass
 	v.Mount()
 	sameBytes(t, "fsynced file after passwd and restore", mustRead(t, p), data)
+}
+
+// TestPythonRebuildWithHSMKey: the independent Python decoder (test/format/restore_replica.py)
+// rebuilds the catalog from the remote and K_rep, which this test gets from the HSM the way
+// coffer does (keys.VolumeKey, purpose "replica"): byte for byte the catalog the clean
+// unmount left.
+func TestPythonRebuildWithHSMKey(t *testing.T) {
+	if plainMode {
+		t.Skip("needs the coffer daemon")
+	}
+	const python = "/usr/bin/python3"
+	if _, err := os.Stat(python); err != nil {
+		t.Skipf("no %s: the Python decoder cannot run (make test installs it)", python)
+	}
+	v := newVolume(t, localRemote)
+	for i := range 5 {
+		must(t, "mkdir", os.Mkdir(v.P(fmt.Sprintf("d%d", i)), 0o755))
+		writeFile(t, v.P(fmt.Sprintf("d%d", i), uniqueName()), markedData(10000+i), i%2 == 0)
+	}
+	if !v.Unmount() {
+		t.FailNow()
+	}
+	dir := v.objDir(t)
+	m := readMarker(t, dir)
+	idb, err := hex.DecodeString(m.Coffer)
+	must(t, "volume id", err)
+	id := [16]byte(idb)
+	p, err := hsm.New(hsm.Config{Module: v.Token.Module, Token: v.Token.Label, PIN: v.Token.PIN, Volume: id})
+	must(t, "open the HSM", err)
+	defer p.Wipe()
+	k, err := keys.VolumeKey(context.Background(), p, keys.KEKRef{Version: 1}, id, volume.ReplicaPurpose)
+	must(t, "K_rep from the HSM", err)
+	defer k.Wipe()
+	out := filepath.Join(t.TempDir(), "rebuilt.db")
+	cmd := exec.Command(python, filepath.Join("..", "format", "restore_replica.py"), "--dir", dir, "--volume", m.Coffer,
+		"--epoch", fmt.Sprint(m.Epoch), "--key", hex.EncodeToString(k.Bytes()), "--out", out)
+	b, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("restore_replica.py: %v\n%s", err, b)
+	}
+	got, want := mustRead(t, out), mustRead(t, v.catalogPath())
+	if !bytes.Equal(got, want) {
+		t.Fatalf("the Python rebuild (%d bytes) differs from the catalog the unmount left (%d bytes)\n%s", len(got), len(want), b)
+	}
 }
