@@ -18,11 +18,7 @@ func cmdInit(ctx context.Context, env *cliEnv, args []string) error {
 	fl := flag.NewFlagSet("init", flag.ContinueOnError)
 	state := fl.String("state", "", "state directory for the catalog (created 0700)")
 	remoteStr := fl.String("remote", "", "rclone remote for the ciphertext (default: the local folder DIR/remote)")
-	module := fl.String("hsm-module", volume.DefaultHSMModule, "PKCS#11 module")
-	token := fl.String("hsm-token", "coffer", "HSM token label")
-	pinFile := fl.String("hsm-pin-file", "", "file holding the HSM PIN (else COFFER_HSM_PIN or a prompt)")
-	usePass := fl.Bool("passphrase", false, "no HSM: protect the keys with a passphrase")
-	passFile := fl.String("passphrase-file", "", "file holding the passphrase (else COFFER_PASSPHRASE or a prompt)")
+	kf := addKeyFlags(fl, "no HSM: protect the keys with a passphrase")
 	mode := fl.String("key-mode", string(keys.ModeWrap), "per-file keys: wrap (envelope, default) or derive")
 	blockSize := fl.String("block-size", strconv.Itoa(format.DefaultLayout.BlockSize), "plaintext bytes per sealed block (4K..1M, power of two)")
 	chunkSize := fl.String("chunk-size", strconv.FormatInt(format.DefaultLayout.ChunkSize, 10), "plaintext bytes per remote object (multiple of the block size, up to 64M)")
@@ -65,19 +61,8 @@ func cmdInit(ctx context.Context, env *cliEnv, args []string) error {
 		return usageError{err.Error()}
 	}
 	var src secretSource
-	if *usePass {
-		cfg.Provider = meta.ProviderPassphrase
-		src = secretSource{what: "new passphrase", envVar: "COFFER_PASSPHRASE", file: *passFile, flag: "--passphrase-file", confirm: true}
-	} else {
-		cfg.Provider = meta.ProviderPKCS11
-		// The catalog stores the path and every later command loads it: an absolute one,
-		// so that it does not depend on where those commands run (keys/hsm refuses others).
-		mod, err := filepath.Abs(*module)
-		if err != nil {
-			return usageError{"--hsm-module: " + err.Error()}
-		}
-		cfg.HSMModule, cfg.HSMToken = mod, *token
-		src = secretSource{what: fmt.Sprintf("PIN of HSM token %q", *token), envVar: "COFFER_HSM_PIN", file: *pinFile, flag: "--hsm-pin-file"}
+	if cfg.Provider, cfg.HSMModule, cfg.HSMToken, src, err = kf.resolve(true); err != nil {
+		return err
 	}
 	secret, err := env.readSecret(src)
 	if err != nil {

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"coffer/fs/keyops"
-	"coffer/fs/meta"
 	"coffer/fs/volume"
 )
 
@@ -21,11 +20,7 @@ func cmdRestore(ctx context.Context, env *cliEnv, args []string) error {
 	fl := flag.NewFlagSet("restore", flag.ContinueOnError)
 	state := fl.String("state", "", "new state directory (absent or empty)")
 	remoteStr := fl.String("remote", "", "the volume's rclone remote")
-	module := fl.String("hsm-module", volume.DefaultHSMModule, "PKCS#11 module")
-	token := fl.String("hsm-token", "coffer", "HSM token label")
-	pinFile := fl.String("hsm-pin-file", "", "file holding the HSM PIN (else COFFER_HSM_PIN or a prompt)")
-	usePass := fl.Bool("passphrase", false, "a passphrase volume")
-	passFile := fl.String("passphrase-file", "", "file holding the passphrase (else COFFER_PASSPHRASE or a prompt)")
+	kf := addKeyFlags(fl, "a passphrase volume")
 	at := fl.String("at", "", "restore the catalog as it was at this time (RFC 3339, e.g. 2026-12-07T10:00:00Z) instead of the newest")
 	pos, err := parseFlags(fl, args)
 	if err != nil {
@@ -50,17 +45,8 @@ func cmdRestore(ctx context.Context, env *cliEnv, args []string) error {
 		cfg.At = t
 	}
 	var src secretSource
-	if *usePass {
-		cfg.Provider = meta.ProviderPassphrase
-		src = secretSource{what: "passphrase", envVar: "COFFER_PASSPHRASE", file: *passFile, flag: "--passphrase-file"}
-	} else {
-		cfg.Provider = meta.ProviderPKCS11
-		mod, err := filepath.Abs(*module)
-		if err != nil {
-			return usageError{"--hsm-module: " + err.Error()}
-		}
-		cfg.HSMModule, cfg.HSMToken = mod, *token
-		src = secretSource{what: fmt.Sprintf("PIN of HSM token %q", *token), envVar: "COFFER_HSM_PIN", file: *pinFile, flag: "--hsm-pin-file"}
+	if cfg.Provider, cfg.HSMModule, cfg.HSMToken, src, err = kf.resolve(false); err != nil {
+		return err
 	}
 	secret, err := env.readSecret(src)
 	if err != nil {
