@@ -92,6 +92,9 @@ func cmdFsck(ctx context.Context, env *cliEnv, args []string) (err error) {
 	for _, d := range r.Missing {
 		fmt.Fprintf(w, "  missing: %s (chunk %d, object %s): %s\n", d.Path, d.Chunk, d.Object, d.Why)
 	}
+	for _, d := range r.Lost {
+		fmt.Fprintf(w, "  lost: %s (chunk %d): %s\n", d.Path, d.Chunk, d.Why)
+	}
 	for _, d := range r.Corrupt {
 		fmt.Fprintf(w, "  corrupt: %s (near chunk %d): %s\n", d.Path, d.Chunk, d.Why)
 	}
@@ -113,6 +116,11 @@ func cmdFsck(ctx context.Context, env *cliEnv, args []string) (err error) {
 		fmt.Fprintf(w, "  read and authenticated %d bytes in %s (%.0f MB/s)\n", r.Bytes, r.Elapsed.Round(time.Millisecond),
 			float64(r.Bytes)/1e6/max(r.Elapsed.Seconds(), 1e-3))
 	}
+	if r.Truncated > 0 {
+		fmt.Fprintf(w, "  repaired: truncated %d files with lost data to their last uploaded content\n", r.Truncated)
+	} else if *repair && len(r.Lost) > 0 {
+		fmt.Fprintln(w, "  files with lost data stay while the volume is mounted: unmount and run fsck --repair again to truncate them")
+	}
 	if r.Dropped > 0 {
 		fmt.Fprintf(w, "  repaired: dropped %d chunks whose objects are missing (those bytes now read as zeros)\n", r.Dropped)
 	} else if *repair && len(r.Missing) > 0 {
@@ -122,7 +130,7 @@ func cmdFsck(ctx context.Context, env *cliEnv, args []string) (err error) {
 		fmt.Fprintln(w, "clean")
 		return nil
 	}
-	if *repair && len(r.Catalog) == 0 && len(r.Corrupt) == 0 && len(r.ReplicaHoles) == 0 && r.Dropped == len(r.Missing) {
+	if *repair && len(r.Catalog) == 0 && len(r.Corrupt) == 0 && len(r.ReplicaHoles) == 0 && r.Dropped == len(r.Missing) && r.Truncated > 0 == (len(r.Lost) > 0) {
 		fmt.Fprintln(w, "repaired")
 		return nil
 	}

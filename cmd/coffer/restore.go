@@ -80,7 +80,7 @@ func cmdRestore(ctx context.Context, env *cliEnv, args []string) error {
 		fmt.Fprintf(w, "  warning:   the newest replica object %s did not open and was left out (an upload cut short when the host died, or tampering)\n", sum.DroppedTail)
 	}
 	if len(sum.Unuploaded) > 0 {
-		fmt.Fprintf(w, "  %d files had writes staged on the lost host that never reached the remote; those writes are lost (the files read as last uploaded, zeros where nothing was):\n", len(sum.Unuploaded))
+		fmt.Fprintf(w, "  %d files had writes staged on the lost host that never reached the remote; reads of that data fail with EIO until coffer fsck --repair truncates them to their last uploaded content:\n", len(sum.Unuploaded))
 		for _, p := range sum.Unuploaded {
 			fmt.Fprintf(w, "    %s\n", p)
 		}

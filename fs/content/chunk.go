@@ -99,6 +99,16 @@ func (c *chunk) ensureLoaded(ctx context.Context) error {
 	f := c.f
 	C := f.s.layout.ChunkSize
 	c.cut = C
+	if f.s.hasLost.Load() {
+		lost, err := f.s.cat.IsLost(ctx, f.ino, c.idx)
+		if err != nil {
+			return metaErr(err, "read upload queue of inode %d", f.ino)
+		}
+		if lost {
+			return errnof(syscall.EIO, "inode %d chunk %d: its newest data was staged on a host that was lost and never reached the remote "+
+				"(coffer fsck --repair truncates the file to its last uploaded content)", f.ino, c.idx)
+		}
+	}
 	if f.noRows {
 		c.loaded = true
 		return nil

@@ -108,9 +108,11 @@ type DataPath struct {
 	closed   bool
 
 	cache  *blockCache
-	staged atomic.Int64  // bytes of sealed block slots in staging files
-	wipes  atomic.Uint64 // bumped at the start and at the end of WipeKeys: odd while one runs
-	wipeMu sync.Mutex    // serializes WipeKeys
+	staged atomic.Int64 // bytes of sealed block slots in staging files
+	// hasLost: the catalog holds uploads marked lost (a restore): chunk loads check for them.
+	hasLost atomic.Bool
+	wipes   atomic.Uint64 // bumped at the start and at the end of WipeKeys: odd while one runs
+	wipeMu  sync.Mutex    // serializes WipeKeys
 
 	up          *uploader     // the upload scheduler and workers (uploader.go)
 	del         *deleter      // the delete-queue worker (deleter.go)

@@ -200,7 +200,7 @@ func TestWriteDuringUpload(t *testing.T) {
 	a, b := pattern(1, 0, 4096), pattern(2, 4096, 4096)
 	e.write(f, 0, a)
 	// Both uploads are held up, so the state between them can be seen.
-	e.fault.Inject(faulty.Fault{Ops: faulty.Put, Kind: faulty.Delay, Latency: 300 * time.Millisecond, Count: 2})
+	e.fault.Inject(faulty.Fault{Ops: faulty.Put, Prefix: "c/", Kind: faulty.Delay, Latency: 300 * time.Millisecond, Count: 2}) // chunk objects, not the catalog replica
 	done := make(chan error, 1)
 	go func() { done <- f.Sync(e.ctx) }()
 	waitFor(t, 2*time.Second, "the upload to start", func() bool { return e.s.Stats().UploadsInFlight == 1 })

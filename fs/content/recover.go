@@ -29,6 +29,15 @@ func (s *DataPath) Recover(ctx context.Context) error {
 	var firstErr error
 	for _, u := range ups {
 		known[u.Staging] = true
+		if u.State == meta.UploadLost {
+			// Staged on a lost host: kept, so that the chunk reads EIO until fsck --repair.
+			if _, err := s.cat.GetInode(ctx, u.Ino); Errno(err) == syscall.ENOENT {
+				_ = s.cat.CompleteUpload(ctx, u.ID)
+				continue
+			}
+			s.hasLost.Store(true)
+			continue
+		}
 		s.mu.Lock()
 		inUse := s.stgNames[u.Staging]
 		s.mu.Unlock()

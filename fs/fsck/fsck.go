@@ -61,6 +61,7 @@ type Orphan struct {
 type Report struct {
 	Catalog      []meta.Problem
 	Missing      []Damage // objects missing or of the wrong size
+	Lost         []Damage // chunks whose newest data was staged on a lost host (restore marked them)
 	Corrupt      []Damage // Full: files whose content fails to read or authenticate
 	Orphans      []Orphan
 	Young        int // unreferenced objects too young to call orphans
@@ -69,11 +70,13 @@ type Report struct {
 	Bytes        int64 // Full: bytes read
 	Elapsed      time.Duration
 	Dropped      int // Repair: chunk rows of missing objects dropped
+	Truncated    int // Repair: files with lost data truncated to their uploaded content
 }
 
 // Clean reports whether Check found nothing wrong.
 func (r *Report) Clean() bool {
-	return len(r.Catalog) == 0 && len(r.Missing) == 0 && len(r.Corrupt) == 0 && len(r.Orphans) == 0 && len(r.ReplicaHoles) == 0
+	return len(r.Catalog) == 0 && len(r.Missing) == 0 && len(r.Lost) == 0 && len(r.Corrupt) == 0 && len(r.Orphans) == 0 &&
+		len(r.ReplicaHoles) == 0
 }
 
 // Check runs the checks on v (open for writing if opt.Repair).
@@ -131,6 +134,16 @@ func Check(ctx context.Context, v *volume.Volume, opt Options) (*Report, error) 
 	}
 	for i := range r.Missing {
 		r.Missing[i].Path = volume.PathOf(ctx, cat, r.Missing[i].Ino)
+	}
+
+	// Chunks a restore found staged on the lost host.
+	lost, err := cat.ListUploads(ctx, meta.UploadLost, 0, 0)
+	if err != nil {
+		return nil, err
+	}
+	for _, u := range lost {
+		r.Lost = append(r.Lost, Damage{Path: volume.PathOf(ctx, cat, u.Ino), Ino: u.Ino, Chunk: u.Index,
+			Why: "its newest data was staged on a host that was lost and never reached the remote"})
 	}
 
 	// Orphans: on the remote, named by no chunk row and not queued for deletion.
@@ -196,6 +209,13 @@ func Check(ctx context.Context, v *volume.Volume, opt Options) (*Report, error) 
 		if len(r.Orphans) > 0 {
 			content.DrainDeletes(ctx, cat, store, log, 8)
 		}
+		if opt.Data == nil && len(lost) > 0 {
+			n, err := truncateLost(ctx, cat, lost, now)
+			if err != nil {
+				return nil, err
+			}
+			r.Truncated = n
+		}
 	}
 	r.Elapsed = time.Since(start)
 	return r, nil
@@ -248,4 +268,46 @@ func readAll(ctx context.Context, v *volume.Volume, opt Options, r *Report) erro
 		r.Corrupt[i].Path = volume.PathOf(ctx, v.Catalog(), r.Corrupt[i].Ino)
 	}
 	return nil
+}
+
+// truncateLost takes lost uploads off the queue and truncates each file they belong to
+// to its last uploaded content: the end of its last chunk row, if that is below its size.
+func truncateLost(ctx context.Context, cat *meta.Catalog, lost []meta.Upload, now int64) (int, error) {
+	byIno := map[uint64][]meta.Upload{}
+	for _, u := range lost {
+		byIno[u.Ino] = append(byIno[u.Ino], u)
+	}
+	n := 0
+	for ino, ups := range byIno {
+		in, err := cat.GetInode(ctx, ino)
+		if err != nil {
+			return n, err
+		}
+		chunks, err := cat.Chunks(ctx, ino, 0, -1)
+		if err != nil {
+			return n, err
+		}
+		var end int64
+		for _, ch := range chunks {
+			end = max(end, ch.Index*cat.ChunkSize()+ch.Length)
+		}
+		err = cat.Update(ctx, func(t *meta.Tx) error {
+			for _, u := range ups {
+				if err := t.CompleteUpload(u.ID); err != nil {
+					return err
+				}
+			}
+			if end < in.Size {
+				size := end
+				_, err := t.SetAttr(ino, meta.AttrChange{Size: &size, Mtime: &now}, now)
+				return err
+			}
+			return nil
+		})
+		if err != nil {
+			return n, fmt.Errorf("truncate inode %d to its uploaded content: %w", ino, err)
+		}
+		n++
+	}
+	return n, nil
 }

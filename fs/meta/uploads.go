@@ -128,3 +128,34 @@ func (t *Tx) CompleteUpload(id int64) (err error) {
 	}
 	return t.step("upload-done")
 }
+
+// UploadLost is the state of an upload whose staging file stayed on a lost host (a
+// restore marks every queued upload so): the chunk's newest data is gone, and reads of it
+// fail with EIO until fsck --repair truncates the file to its uploaded content.
+const UploadLost = "lost"
+
+// MarkUploadsLost marks every queued upload lost (restore, on the rebuilt catalog).
+func (c *Catalog) MarkUploadsLost(ctx context.Context) (int64, error) {
+	return do(c, ctx, "mark uploads lost", func(t *Tx) (int64, error) {
+		res, err := t.exec("mark uploads lost", `UPDATE uploads SET state = ?`, UploadLost)
+		if err != nil {
+			return 0, err
+		}
+		n, _ := res.RowsAffected()
+		return n, nil
+	})
+}
+
+// IsLost reports whether chunk idx of ino has an upload marked lost.
+func (c *Catalog) IsLost(ctx context.Context, ino uint64, idx int64) (bool, error) {
+	var one int
+	err := c.r.QueryRowContext(ctx, `SELECT 1 FROM uploads WHERE ino = ? AND idx = ? AND state = ? LIMIT 1`,
+		int64(ino), idx, UploadLost).Scan(&one)
+	if errors.Is(err, sql.ErrNoRows) {
+		return false, nil
+	}
+	if err != nil {
+		return false, wrapSQL("read upload queue", err)
+	}
+	return true, nil
+}

@@ -45,7 +45,7 @@ type RestoreSummary struct {
 	Objects     int
 	Bytes       int64
 	Files       int64    // regular files, directories and others in the catalog
-	Unuploaded  []string // files whose newest data was staged on the lost host and never uploaded
+	Unuploaded  []string // files whose newest data was staged on the lost host and never uploaded (they read EIO there until fsck --repair)
 	DroppedTail string   // the newest replica object, if it did not open and was left out
 }
 
@@ -185,6 +185,11 @@ func Restore(ctx context.Context, cfg RestoreConfig) (sum RestoreSummary, err er
 		}
 	}
 	sort.Strings(sum.Unuploaded)
+	// Their staging files stayed on the lost host: reads of those chunks fail with EIO until
+	// fsck --repair truncates the files to their uploaded content.
+	if _, err := cat.MarkUploadsLost(ctx); err != nil {
+		return sum, err
+	}
 	cur, err := cat.CurrentKEK(ctx, "")
 	if err != nil {
 		return sum, err

@@ -637,7 +637,7 @@ func TestTamper(t *testing.T) {
 	oldName := obj("rollback")
 	oldBytes, err := os.ReadFile(v.objectPath(oldName))
 	must(t, "save the rollback object", err)
-	v.Mount()
+	v.Mount("--pitr-window", "0") // the replaced object goes at once, not after the point-in-time window
 	newData := markedData(200000)
 	f, err := os.OpenFile(path["rollback"], os.O_WRONLY, 0)
 	must(t, "open", err)

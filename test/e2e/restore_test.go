@@ -255,7 +255,7 @@ var drillBackends = []backend{localRemote, s3Remote, sftpRemote}
 // fsynced, files never synced; SIGKILL to the daemon, the whole state folder deleted,
 // `coffer restore` into a new one, and the restored volume mounted. Everything fsynced is
 // there byte for byte; each file never synced is absent, intact, or listed by restore as
-// never uploaded, and a listed file then reads as restore says (as last uploaded, zeros where nothing was),
+// never uploaded, and a listed file then reads as restore says (EIO until fsck --repair),
 // never as other data without an error. The new host then writes, unmounts and mounts
 // again: its own replication works.
 func TestHostLossDrill(t *testing.T) {
@@ -263,7 +263,7 @@ func TestHostLossDrill(t *testing.T) {
 		if plainMode {
 			t.Skip("needs the coffer daemon")
 		}
-		v := newVolume(t, b, withProvider(prov))
+		v := newVolume(t, b, withProvider(prov), withLogErrorsAllowed()) // reads of lost data log their EIO
 		rng := rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))
 		size := func() int { return 1 + rng.IntN(60<<10) } // one FUSE write each
 		synced := map[string][]byte{}                      // path -> content promised by fsync
@@ -403,26 +403,51 @@ func TestHostLossDrill(t *testing.T) {
 					t.Errorf("restore lists %s as never uploaded, but the restored volume has no such file", rel(v, p))
 				}
 			case err == nil && string(got) == string(u.want):
-			case listed && err == nil && (u.old != nil && string(got) == string(u.old) || isZero(got)):
-				// as restore says: "the files read as last uploaded, zeros where nothing was"
+			case listed && errnoName(err) == "EIO":
+				// as restore says: "reads of that data fail with EIO until coffer fsck --repair"
+			case listed && err == nil && len(got) == 0:
+				// its size never reached the catalog: no lost byte can be read
 			case listed:
-				t.Errorf("never-synced file %s is listed by restore as never uploaded, and restore says such files read as last uploaded (zeros where nothing was); but it %s",
+				t.Errorf("never-synced file %s is listed by restore as never uploaded, and restore says reads of its lost data fail with EIO; but it %s",
 					rel(v, p), what)
 			default:
 				t.Errorf("never-synced file %s after restore is neither absent, intact nor listed as never uploaded: %s", rel(v, p), what)
 			}
 		}
-		for _, u := range out.unuploaded {
-			// The volume is consistent again for the cleanup's checks.
-			_ = os.Remove(v.P(u))
-		}
-
 		// The new host replicates under its own epoch and keeps what it writes.
 		fresh := v.P(uniqueName())
 		freshData := markedData(size())
 		writeFile(t, fresh, freshData, false)
 		if !v.Unmount() {
 			t.FailNow()
+		}
+		// fsck names the files with lost data, and --repair truncates them to their uploaded
+		// content, after which they read without error.
+		if len(out.unuploaded) > 0 {
+			fsck := func(args ...string) result {
+				return v.run(2*time.Minute, append(append([]string{"fsck", "--state", v.State}, v.secretArgs()...), args...)...)
+			}
+			r := fsck()
+			for _, u := range out.unuploaded {
+				if !strings.Contains(r.stdout, "lost: "+u+" ") {
+					t.Errorf("fsck after restore does not name %s, listed by restore: %s", u, r)
+				}
+			}
+			if r.code != 1 {
+				t.Errorf("fsck with lost data exits %d, want 1", r.code)
+			}
+			if r := fsck("--repair"); r.code != 0 || !strings.Contains(r.stdout, "repaired: truncated") {
+				t.Errorf("fsck --repair of lost data: %s", r)
+			}
+			v.Mount()
+			for _, u := range out.unuploaded {
+				if _, err := os.ReadFile(v.P(u)); err != nil {
+					t.Errorf("file %s after fsck --repair: %v", u, err)
+				}
+			}
+			if !v.Unmount() {
+				t.FailNow()
+			}
 		}
 		if objs := replicaObjects(v.objDir(t), 2); len(objs) == 0 {
 			t.Errorf("the new host wrote no replica object under r/00000002/")
