@@ -26,10 +26,13 @@ if [ "$want" != "$have" ]; then
 	exit 1
 fi
 
+# The revision measured is the one built now (the tree may move during a long run).
+rev=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+[ -z "$(git status --porcelain --untracked-files=no 2>/dev/null)" ] || rev="$rev (with uncommitted changes)"
 $GO build -o bin/coffer ./cmd/coffer
 $GO build -o bin/coffer-bench ./test/bench/cmd/coffer-bench
 (cd test/bench/rclone && $GO build -o ../../../bin/bench-rclone .)
 
-args=(-coffer bin/coffer -rclone bin/bench-rclone -command "make bench")
+args=(-coffer bin/coffer -rclone bin/bench-rclone -command "make bench" -rev "$rev")
 [ "${COFFER_BENCH_QUICK:-}" = 1 ] || args+=(-readme README.md)
 exec bin/coffer-bench "${args[@]}"
