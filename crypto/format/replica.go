@@ -10,7 +10,8 @@ import (
 // of a catalog replica uses (a delta, or one part of a snapshot). It reuses
 // the chunk object's block sealing (index nonce, header and last flag in the
 // associated data) with its own 64-byte header, key label and AAD label.
-// Coffer does not write replicas yet; this container is fixed at version 1.
+// The container is fixed at version 1; fs/replica defines what deltas and
+// snapshot parts hold inside it.
 
 // ReplicaHeaderSize is the size of the header at the start of every replica object.
 const ReplicaHeaderSize = 64

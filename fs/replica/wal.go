@@ -1,5 +1,7 @@
-// Package replica will replicate the catalog to the remote; for now it holds
-// the WAL reader that replication builds on.
+// Package replica replicates the catalog to the volume's remote and restores it
+// (FORMAT.md section 12, ARCHITECTURE.md "Catalog replication"): the SQLite WAL
+// reader (this file), the Replicator that ships committed frames as sealed deltas
+// and snapshots, retention, and Restore.
 package replica
 
 import (
