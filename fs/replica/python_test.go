@@ -530,12 +530,17 @@ func TestPythonRestore(t *testing.T) {
 	w.batch(7, 500)
 	sync()
 	// A new KEK version of the volume chain: the next delta is sealed under
-	// it, and the round after that writes a snapshot of its position.
+	// it, and the round after that starts a new chain with a snapshot of the
+	// next position (snapshots never overwrite older objects).
 	current.Store(2)
 	w.batch(6, 200)
 	rot := sync()
-	if p := sync(); p != rot {
-		t.Fatalf("a Sync with nothing committed moved the replica from %d to %d", rot, p)
+	snap := sync()
+	if snap != rot+1 {
+		t.Fatalf("after the first delta under the new KEK version (%d), the next round is at %d, want a snapshot at %d", rot, snap, rot+1)
+	}
+	if p := sync(); p != snap {
+		t.Fatalf("a Sync with nothing committed moved the replica from %d to %d", snap, p)
 	}
 	for i := range 3 {
 		w.batch(4+i, 700)
@@ -559,21 +564,26 @@ func TestPythonRestore(t *testing.T) {
 		t.Fatalf("the closed catalog's content differs from its content at the last Sync:\n%s", firstDiff(liveContent, dumps[last]))
 	}
 
-	// What the remote holds: snapshot 1 (v1), deltas 2..last, snapshot rot (v2).
-	for _, n := range []string{partName(epoch, 1, 0), partName(epoch, rot, 0)} {
+	// What the remote holds: snapshot 1 (v1), deltas 2..rot, snapshot snap (v2),
+	// deltas snap+1..last.
+	for _, n := range []string{partName(epoch, 1, 0), partName(epoch, snap, 0)} {
 		if _, err := os.Stat(filepath.Join(remDir, n)); err != nil {
 			t.Fatalf("no %s on the remote: %v", n, err)
 		}
 	}
 	for p := uint64(2); p <= last; p++ {
-		if _, err := os.Stat(filepath.Join(remDir, deltaName(epoch, p))); err != nil {
+		_, err := os.Stat(filepath.Join(remDir, deltaName(epoch, p)))
+		if p != snap && err != nil {
 			t.Fatalf("no delta %d on the remote: %v", p, err)
+		}
+		if p == snap && err == nil {
+			t.Fatalf("a delta at %d, the position of the snapshot that starts the new chain", p)
 		}
 	}
 	if _, err := os.Stat(filepath.Join(remDir, deltaName(epoch, last+1))); err == nil {
 		t.Fatalf("a delta after the last position %d", last)
 	}
-	t.Logf("remote: snapshots at 1 and %d, deltas 2..%d", rot, last)
+	t.Logf("remote: snapshots at 1 and %d, deltas 2..%d and %d..%d", snap, rot, snap+1, last)
 
 	goBroken := false
 	t.Run("untouched", func(t *testing.T) {
@@ -609,12 +619,13 @@ func TestPythonRestore(t *testing.T) {
 			t.Errorf("replica epoch of the rebuilt catalog %d, %v (the test never set one)", e, err)
 		}
 	})
-	t.Run("from the first snapshot through every delta", func(t *testing.T) {
+	t.Run("the new chain's snapshot deleted", func(t *testing.T) {
+		// The old chain ends at rot: nothing continues it past the new chain's start.
 		dir := copyDir(t, remDir)
-		if err := os.Remove(filepath.Join(dir, partName(epoch, rot, 0))); err != nil {
+		if err := os.Remove(filepath.Join(dir, partName(epoch, snap, 0))); err != nil {
 			t.Fatal(err)
 		}
-		checkBoth(t, dir, vol.ID, epoch, ks, expect{position: last, db: live}, goBroken)
+		checkBoth(t, dir, vol.ID, epoch, ks, expect{refuse: fmt.Sprintf("hole at position %d", snap)}, goBroken)
 	})
 	t.Run("newest delta truncated", func(t *testing.T) {
 		dir := copyDir(t, remDir)
@@ -678,7 +689,7 @@ func TestPythonRestore(t *testing.T) {
 	})
 	t.Run("snapshot part without its last flag", func(t *testing.T) {
 		dir := copyDir(t, remDir)
-		reseal(t, dir, partName(epoch, rot, 0), ks, func(h *format.ReplicaHeader, plain []byte) []byte {
+		reseal(t, dir, partName(epoch, snap, 0), ks, func(h *format.ReplicaHeader, plain []byte) []byte {
 			h.Last = false
 			return plain
 		})

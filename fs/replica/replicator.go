@@ -88,15 +88,12 @@ type Replicator struct {
 	p          uint64     // position of the newest state on the remote
 	state      StateID
 	chainStart bool       // the next object must be a snapshot starting a new chain
-	snapshot   bool       // take a snapshot of the current state when convenient
 	keyMu      sync.Mutex // key and keyVersion; never held across remote I/O, so a lock is immediate
 	key        *keys.DEK
 	keyVersion uint32
 	shownP     atomic.Uint64 // p, for Status (which must not wait behind a hung Put)
 	bootSum    [32]byte
 	lastOwner  time.Time
-	snapP      uint64              // the state the main file held at the last completed checkpoint
-	snapState  StateID             // (what a snapshot streamed from it captures)
 	sinceSnap  int64               // delta bytes put since the newest snapshot
 	lastSnap   time.Time           // when the newest snapshot was taken (or this session started)
 	lastPrune  time.Time           // when retention last ran
@@ -308,8 +305,7 @@ func (r *Replicator) poke() {
 }
 
 // ShipAndCheckpoint implements meta.Replication (the catalog's writer is
-// held). After a completed checkpoint the main file holds exactly state
-// r.p, which a snapshot streamed from it records (snapP, snapState).
+// held). After a completed checkpoint the WAL starts over.
 func (r *Replicator) ShipAndCheckpoint(ctx context.Context, checkpoint func() (bool, error)) (bool, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -321,7 +317,6 @@ func (r *Replicator) ShipAndCheckpoint(ctx context.Context, checkpoint func() (b
 		return false, err
 	}
 	r.pos = Position{}
-	r.snapP, r.snapState = r.p, r.state
 	return true, nil
 }
 
@@ -331,9 +326,7 @@ func (r *Replicator) ShipAndCheckpoint(ctx context.Context, checkpoint func() (b
 // stays restorable whatever the older objects were sealed under.
 func (r *Replicator) SnapshotNow(ctx context.Context) error {
 	r.mu.Lock()
-	if !r.chainStart {
-		r.snapshot = true
-	}
+	r.chainStart = true
 	r.mu.Unlock()
 	return r.Flush(ctx)
 }
@@ -427,9 +420,9 @@ func (r *Replicator) roundOnce(ctx context.Context) error {
 		return err
 	}
 	r.mu.Lock()
-	snap, start := r.snapshot, r.chainStart
+	start := r.chainStart
 	r.mu.Unlock()
-	if snap || start {
+	if start {
 		if r.cfg.CheckOwner != nil {
 			if err := r.checkOwner(ctx); err != nil {
 				return err
@@ -443,7 +436,7 @@ func (r *Replicator) roundOnce(ctx context.Context) error {
 	err := r.shipLocked(ctx)
 	big := r.pos.Offset > checkpointAt
 	if err == nil && r.dueForCompactionLocked(catalogBytes(r.cfg.Catalog.Path())) {
-		r.snapshot = true
+		r.chainStart = true
 		r.poke()
 	}
 	r.mu.Unlock()
@@ -455,7 +448,7 @@ func (r *Replicator) roundOnce(ctx context.Context) error {
 			r.log.Warn("replica: checkpoint failed", "err", err)
 		}
 	}
-	if snap || start || time.Since(r.lastPrune) > pruneEvery {
+	if start || time.Since(r.lastPrune) > pruneEvery {
 		if err := r.prune(ctx); err != nil {
 			r.log.Warn("replica: pruning old history failed; retrying later", "err", err)
 		}
@@ -504,7 +497,7 @@ func (r *Replicator) putBootstrap(ctx context.Context) error {
 // currentKeyLocked returns a copy of the key to seal new objects with (the
 // caller wipes it) and its version. After a rotation it asks for a snapshot
 // under the new version, so that retiring the old one keeps the newest state
-// restorable. r.mu is held (for r.snapshot and r.chainStart).
+// restorable. r.mu is held (for r.chainStart).
 func (r *Replicator) currentKeyLocked(ctx context.Context) (*keys.DEK, uint32, error) {
 	v := r.cfg.Current()
 	r.keyMu.Lock()
@@ -519,8 +512,8 @@ func (r *Replicator) currentKeyLocked(ctx context.Context) (*keys.DEK, uint32, e
 		}
 		return nil, 0, fmt.Errorf("replica: replica key of KEK version %d: %w", v, err)
 	}
-	if r.keyVersion != 0 && r.keyVersion != v && !r.chainStart {
-		r.snapshot = true
+	if r.keyVersion != 0 && r.keyVersion != v {
+		r.chainStart = true // the next round: a snapshot under the new version
 	}
 	r.wipeKeyLocked()
 	r.key, r.keyVersion = k, v
@@ -589,8 +582,10 @@ func (r *Replicator) shipLocked(ctx context.Context) error {
 	return nil
 }
 
-// takeSnapshot streams the catalog file as snapshot parts: of position r.p
-// (the state the last delta reached), or, to start a chain, of r.p+1.
+// takeSnapshot streams the catalog file as the parts of a snapshot that starts
+// a new chain at position r.p+1. Every snapshot does: one never overwrites an
+// older snapshot's objects (a torn overwrite could leave no complete one), and
+// never depends on what older objects were sealed under.
 func (r *Replicator) takeSnapshot(ctx context.Context) error {
 	return r.cfg.Catalog.ReadMainFile(ctx, func(f *os.File) error {
 		r.mu.Lock()
@@ -600,23 +595,17 @@ func (r *Replicator) takeSnapshot(ctx context.Context) error {
 			return err
 		}
 		defer key.Wipe()
-		// Not r.p: a checkpoint attempt between ours and the read (a purge after a
-		// shred) may have shipped later commits, which the main file does not hold.
-		p, state := r.snapP, r.snapState
-		if r.chainStart {
-			p, state = r.p+1, StateID{}
-		}
+		// No delta ships while chainStart is set, so r.p is the state before the
+		// main file's: the snapshot is the next position.
+		p := r.p + 1
 		now := time.Now()
 		first, err := writeSnapshot(ctx, r.cfg.Store, f, key, now, format.ReplicaHeader{
-			Kind: format.ReplicaSnapshot, KEKVersion: version, Volume: r.cfg.Volume, Epoch: r.cfg.Epoch, Position: p}, state)
+			Kind: format.ReplicaSnapshot, KEKVersion: version, Volume: r.cfg.Volume, Epoch: r.cfg.Epoch, Position: p}, StateID{})
 		if err != nil {
 			return err
 		}
-		if r.chainStart {
-			r.p, r.state, r.chainStart = p, first, false
-			r.shownP.Store(p)
-		}
-		r.snapshot = false
+		r.p, r.state, r.chainStart = p, first, false
+		r.shownP.Store(p)
 		r.sinceSnap, r.lastSnap = 0, now
 		r.snaps[p] = snapInfo{time: now, complete: true}
 		r.lastShip.Store(time.Now().UnixNano())

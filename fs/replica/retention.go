@@ -38,7 +38,7 @@ type snapInfo struct {
 // dueForCompaction reports whether the deltas since the last snapshot call for
 // a new one. r.mu is held.
 func (r *Replicator) dueForCompactionLocked(catalogBytes int64) bool {
-	if r.chainStart || r.snapshot {
+	if r.chainStart {
 		return false
 	}
 	return r.sinceSnap > max(catalogBytes, compactMinBytes) || time.Since(r.lastSnap) > compactEvery
