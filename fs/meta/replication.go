@@ -24,8 +24,10 @@ type Replication interface {
 	// ShipAndCheckpoint ships every committed frame, then runs checkpoint
 	// (which reports whether the WAL was folded into the main file and
 	// truncated), with no shipping in between. The catalog calls it with the
-	// writer held, so nothing commits meanwhile either.
-	ShipAndCheckpoint(ctx context.Context, checkpoint func() (bool, error)) (bool, error)
+	// writer held, so nothing commits meanwhile either. With ship false it
+	// ships nothing (no remote call while the writer waits): if a committed
+	// frame is not shipped yet, it does not checkpoint and returns false.
+	ShipAndCheckpoint(ctx context.Context, checkpoint func() (bool, error), ship bool) (bool, error)
 }
 
 type replicationHolder struct{ r Replication }
@@ -79,13 +81,28 @@ func (c *Catalog) Checkpoint(ctx context.Context) (done bool, err error) {
 		return false, wrapSQL("checkpoint", err)
 	}
 	defer conn.Close()
-	return c.shipAndTruncate(ctx, conn, "checkpoint")
+	return c.shipAndTruncate(ctx, conn, "checkpoint", true)
+}
+
+// CheckpointIfShipped is Checkpoint for the replicator's own housekeeping: it
+// checkpoints only if every committed frame is already on the remote, so that
+// writers never wait for a remote call behind the held writer.
+func (c *Catalog) CheckpointIfShipped(ctx context.Context) (done bool, err error) {
+	if c.w == nil {
+		return false, errf(syscall.EROFS, "checkpoint: catalog opened read-only")
+	}
+	conn, err := c.w.Conn(ctx)
+	if err != nil {
+		return false, wrapSQL("checkpoint", err)
+	}
+	defer conn.Close()
+	return c.shipAndTruncate(ctx, conn, "checkpoint", false)
 }
 
 // shipAndTruncate runs wal_checkpoint(TRUNCATE) on the writer conn, through
 // the replicator if there is one. done is false if readers kept it from
 // completing.
-func (c *Catalog) shipAndTruncate(ctx context.Context, conn *sql.Conn, what string) (done bool, err error) {
+func (c *Catalog) shipAndTruncate(ctx context.Context, conn *sql.Conn, what string, ship bool) (done bool, err error) {
 	checkpoint := func() (bool, error) {
 		var busy, frames, moved int
 		if err := conn.QueryRowContext(ctx, "PRAGMA wal_checkpoint(TRUNCATE)").Scan(&busy, &frames, &moved); err != nil {
@@ -97,7 +114,7 @@ func (c *Catalog) shipAndTruncate(ctx context.Context, conn *sql.Conn, what stri
 	if r == nil {
 		return checkpoint()
 	}
-	done, err = r.ShipAndCheckpoint(ctx, checkpoint)
+	done, err = r.ShipAndCheckpoint(ctx, checkpoint, ship)
 	if err != nil {
 		return false, fmt.Errorf("meta: %s: %w", what, err)
 	}
@@ -130,7 +147,7 @@ func (c *Catalog) ReadMainFile(ctx context.Context, read func(f *os.File) error)
 		}
 	}
 	defer release()
-	done, err := c.shipAndTruncate(ctx, wconn, "read catalog file: checkpoint")
+	done, err := c.shipAndTruncate(ctx, wconn, "read catalog file: checkpoint", true)
 	if err != nil {
 		return err
 	}

@@ -306,10 +306,14 @@ func (r *Replicator) poke() {
 
 // ShipAndCheckpoint implements meta.Replication (the catalog's writer is
 // held). After a completed checkpoint the WAL starts over.
-func (r *Replicator) ShipAndCheckpoint(ctx context.Context, checkpoint func() (bool, error)) (bool, error) {
+func (r *Replicator) ShipAndCheckpoint(ctx context.Context, checkpoint func() (bool, error), ship bool) (bool, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if err := r.shipLocked(ctx); err != nil {
+	if ship {
+		if err := r.shipLocked(ctx); err != nil {
+			return false, err
+		}
+	} else if pending, err := r.unshippedLocked(); err != nil || pending {
 		return false, err
 	}
 	done, err := checkpoint()
@@ -318,6 +322,31 @@ func (r *Replicator) ShipAndCheckpoint(ctx context.Context, checkpoint func() (b
 	}
 	r.pos = Position{}
 	return true, nil
+}
+
+// unshippedLocked reports whether the WAL holds committed frames after r.pos
+// (not during a new chain's start: its snapshot will hold them).
+func (r *Replicator) unshippedLocked() (bool, error) {
+	if r.chainStart {
+		return false, nil
+	}
+	f, err := os.Open(r.walPath)
+	if errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("replica: open WAL: %w", err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return false, fmt.Errorf("replica: stat WAL: %w", err)
+	}
+	frames, _, err := ReadCommitted(f, st.Size(), r.pos)
+	if errors.Is(err, ErrWALReset) {
+		return true, nil // shipLocked deals with it
+	}
+	return len(frames) > 0, err
 }
 
 // SnapshotNow writes a snapshot of the current state, sealed under the current
@@ -444,7 +473,9 @@ func (r *Replicator) roundOnce(ctx context.Context) error {
 		return err
 	}
 	if big {
-		if _, err := r.cfg.Catalog.Checkpoint(ctx); err != nil {
+		// Only if nothing committed since the ship: writers must not wait for a Put
+		// behind the held writer (commits keep coming; a later round catches a lull).
+		if _, err := r.cfg.Catalog.CheckpointIfShipped(ctx); err != nil {
 			r.log.Warn("replica: checkpoint failed", "err", err)
 		}
 	}
