@@ -69,25 +69,22 @@ func (c *Catalog) selfCheckpoint(ctx context.Context) {
 }
 
 // Checkpoint folds the WAL into the main file and truncates it: with the
-// writer held it lets the replicator ship everything first (ShipAll), then
-// runs wal_checkpoint(TRUNCATE). done is false, with no error, when readers
-// on older snapshots kept it from completing within the busy timeout.
+// writer held it lets the replicator ship everything first
+// (Replication.ShipAndCheckpoint), then runs wal_checkpoint(TRUNCATE). done is
+// false, with no error, when readers on older snapshots kept it from
+// completing within the busy timeout.
 func (c *Catalog) Checkpoint(ctx context.Context) (done bool, err error) {
-	if c.w == nil {
-		return false, errf(syscall.EROFS, "checkpoint: catalog opened read-only")
-	}
-	conn, err := c.w.Conn(ctx)
-	if err != nil {
-		return false, wrapSQL("checkpoint", err)
-	}
-	defer conn.Close()
-	return c.shipAndTruncate(ctx, conn, "checkpoint", true)
+	return c.checkpoint(ctx, true)
 }
 
 // CheckpointIfShipped is Checkpoint for the replicator's own housekeeping: it
 // checkpoints only if every committed frame is already on the remote, so that
 // writers never wait for a remote call behind the held writer.
 func (c *Catalog) CheckpointIfShipped(ctx context.Context) (done bool, err error) {
+	return c.checkpoint(ctx, false)
+}
+
+func (c *Catalog) checkpoint(ctx context.Context, ship bool) (bool, error) {
 	if c.w == nil {
 		return false, errf(syscall.EROFS, "checkpoint: catalog opened read-only")
 	}
@@ -96,7 +93,7 @@ func (c *Catalog) CheckpointIfShipped(ctx context.Context) (done bool, err error
 		return false, wrapSQL("checkpoint", err)
 	}
 	defer conn.Close()
-	return c.shipAndTruncate(ctx, conn, "checkpoint", false)
+	return c.shipAndTruncate(ctx, conn, "checkpoint", ship)
 }
 
 // shipAndTruncate runs wal_checkpoint(TRUNCATE) on the writer conn, through
